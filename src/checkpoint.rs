@@ -1,0 +1,237 @@
+//! Durable consumer checkpoints: an append-only log of checksummed records, rewritten whole
+//! (temp file, fsync, rename, directory fsync) at open and when it grows.
+//!
+//! A checkpoint is the *next* offset a consumer will read (so "nothing consumed" is 0, and
+//! offsets are topic offsets: stable when older files are deleted). Values only move forward:
+//! a persist that would lower a checkpoint is ignored, so concurrent readers cannot regress it.
+//!
+//! Crash safety: a record is one small write; a torn or damaged record ends the log there. The
+//! records before it hold older values, so a damaged store can only cause redelivery, never a
+//! skip. Record layout (little-endian), see `docs/FORMAT.md`:
+//!
+//! ```text
+//! crc32 u32 | body_len u16 | op u8 | topic_len u8 | consumer_len u8 | topic | consumer | offset u64
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::error::Result;
+use crate::io::Io;
+use crate::storage::lock;
+
+const FILE: &str = "checkpoints";
+const TMP: &str = "checkpoints.tmp";
+const OP_SET: u8 = 1;
+const OP_REMOVE: u8 = 2;
+/// Rewrite the file when it grows past this.
+const COMPACT_AT: u64 = 4 << 20;
+
+type Key = (String, String);
+
+/// The store of one namespace.
+pub(crate) struct CheckpointStore {
+    path: PathBuf,
+    dir: PathBuf,
+    values: Mutex<HashMap<Key, u64>>,
+    file: tokio::sync::Mutex<(Arc<File>, u64)>,
+}
+
+fn encode(out: &mut Vec<u8>, op: u8, topic: &str, consumer: &str, offset: u64) {
+    let start = out.len();
+    let body = 3 + topic.len() + consumer.len() + 8;
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(body as u16).to_le_bytes());
+    out.push(op);
+    out.push(topic.len() as u8);
+    out.push(consumer.len() as u8);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(consumer.as_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    let crc = crc32fast::hash(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes records from `b` into `values`. Returns the position where decoding stopped and
+/// whether anything non-zero lay past it (damage rather than a clean end).
+pub(crate) fn decode_all(b: &[u8], values: &mut HashMap<Key, u64>) -> (usize, bool) {
+    let mut pos = 0usize;
+    loop {
+        let Some(rec) = decode_one(b, pos) else {
+            let damaged = b.get(pos..).is_some_and(|r| r.iter().any(|&x| x != 0));
+            return (pos, damaged);
+        };
+        let (op, topic, consumer, offset, next) = rec;
+        let key = (topic, consumer);
+        match op {
+            OP_SET => {
+                let v = values.entry(key).or_insert(0);
+                *v = (*v).max(offset);
+            }
+            _ => {
+                values.remove(&key);
+            }
+        }
+        pos = next;
+    }
+}
+
+fn decode_one(b: &[u8], pos: usize) -> Option<(u8, String, String, u64, usize)> {
+    let crc = u32::from_le_bytes(b.get(pos..pos + 4)?.try_into().ok()?);
+    let body_len = u16::from_le_bytes(b.get(pos + 4..pos + 6)?.try_into().ok()?) as usize;
+    let end = pos.checked_add(6)?.checked_add(body_len)?;
+    let body = b.get(pos + 6..end)?;
+    if crc32fast::hash(b.get(pos + 4..end)?) != crc || body.iter().all(|&x| x == 0) {
+        return None;
+    }
+    let (&op, rest) = body.split_first()?;
+    let (&tl, rest) = rest.split_first()?;
+    let (&cl, rest) = rest.split_first()?;
+    let (tl, cl) = (tl as usize, cl as usize);
+    if rest.len() != tl + cl + 8 || tl == 0 || !(op == OP_SET || op == OP_REMOVE) {
+        return None;
+    }
+    let topic = std::str::from_utf8(&rest[..tl]).ok()?.to_owned();
+    let consumer = std::str::from_utf8(&rest[tl..tl + cl]).ok()?.to_owned();
+    let offset = u64::from_le_bytes(rest[tl + cl..].try_into().ok()?);
+    Some((op, topic, consumer, offset, end))
+}
+
+fn rewrite(dir: &Path, values: &HashMap<Key, u64>) -> io::Result<(File, u64)> {
+    let mut buf = Vec::new();
+    for ((t, c), off) in values {
+        encode(&mut buf, OP_SET, t, c, *off);
+    }
+    let tmp = dir.join(TMP);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    f.write_all_at(&buf, 0)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, dir.join(FILE))?;
+    crate::io::sync_dir(dir)?;
+    Ok((f, buf.len() as u64))
+}
+
+impl CheckpointStore {
+    /// Loads the store (a missing or damaged one is a warning, not an error) and rewrites it
+    /// compactly.
+    pub(crate) fn open(dir: &Path) -> io::Result<CheckpointStore> {
+        let path = dir.join(FILE);
+        let mut values = HashMap::new();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let (stop, damaged) = decode_all(&bytes, &mut values);
+                if damaged {
+                    tracing::warn!(
+                        path = %path.display(),
+                        position = stop,
+                        "checkpoint store damaged; consumers past this point restart from an older checkpoint (redelivery)"
+                    );
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let has_segments = std::fs::read_dir(dir)?.any(|e| {
+                    e.ok()
+                        .and_then(|e| e.file_name().to_str().map(|n| n.ends_with(".seg")))
+                        .unwrap_or(false)
+                });
+                if has_segments {
+                    tracing::warn!(path = %path.display(), "checkpoint store missing; consumers restart from the oldest retained entry");
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let (file, len) = rewrite(dir, &values)?;
+        Ok(CheckpointStore {
+            path,
+            dir: dir.to_path_buf(),
+            values: Mutex::new(values),
+            file: tokio::sync::Mutex::new((Arc::new(file), len)),
+        })
+    }
+
+    /// The persisted checkpoint (next offset to read) of `(topic, consumer)`.
+    pub(crate) fn get(&self, topic: &str, consumer: &str) -> Option<u64> {
+        lock(&self.values)
+            .get(&(topic.to_owned(), consumer.to_owned()))
+            .copied()
+    }
+
+    /// Durably records that `(topic, consumer)` will next read `offset`. Never lowers a value.
+    pub(crate) async fn persist(
+        &self,
+        io: &Io,
+        topic: &str,
+        consumer: &str,
+        offset: u64,
+    ) -> Result<()> {
+        let mut file = self.file.lock().await;
+        if self.get(topic, consumer).is_some_and(|v| v >= offset) {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(32 + topic.len() + consumer.len());
+        encode(&mut buf, OP_SET, topic, consumer, offset);
+        let len = buf.len() as u64;
+        let (_, res) = io.write_all_at(&file.0, file.1, buf).await;
+        res?;
+        io.sync_data(&file.0).await?;
+        file.1 += len;
+        let key = (topic.to_owned(), consumer.to_owned());
+        let v = {
+            let mut values = lock(&self.values);
+            let v = values.entry(key).or_insert(0);
+            *v = (*v).max(offset);
+            values.clone()
+        };
+        if file.1 > COMPACT_AT && file.1 > 4 * (v.len() as u64 * 64) {
+            let dir = self.dir.clone();
+            let (f, len) = crate::io::blocking(move || rewrite(&dir, &v)).await?;
+            *file = (Arc::new(f), len);
+            tracing::debug!(path = %self.path.display(), "checkpoint store compacted");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_roundtrip_and_never_regress() {
+        let mut b = Vec::new();
+        encode(&mut b, OP_SET, "t", "", 5);
+        encode(&mut b, OP_SET, "t", "", 3);
+        encode(&mut b, OP_SET, "t", "billing", 9);
+        encode(&mut b, OP_REMOVE, "t", "billing", 0);
+        let mut v = HashMap::new();
+        assert_eq!(decode_all(&b, &mut v), (b.len(), false));
+        assert_eq!(v.get(&("t".into(), "".into())), Some(&5));
+        assert_eq!(v.get(&("t".into(), "billing".into())), None);
+    }
+
+    #[test]
+    fn damage_stops_decoding_and_is_reported() {
+        let mut b = Vec::new();
+        encode(&mut b, OP_SET, "t", "", 5);
+        let first = b.len();
+        encode(&mut b, OP_SET, "t", "", 8);
+        b[first + 10] ^= 1;
+        let mut v = HashMap::new();
+        assert_eq!(decode_all(&b, &mut v), (first, true));
+        assert_eq!(v.get(&("t".into(), "".into())), Some(&5));
+        // Every truncation decodes a prefix without panicking.
+        for cut in 0..b.len() {
+            let mut v = HashMap::new();
+            decode_all(&b[..cut], &mut v);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Settings: the builder, read consistency, fsync schedule and I/O backend choice.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::wal::Walrus;
+
+/// When a consumer's read position (checkpoint) is made durable.
+///
+/// | mode | `ack` returns | after a crash |
+/// |---|---|---|
+/// | `StrictlyAtOnce` | after the checkpoint is on stable storage | nothing acknowledged is delivered again |
+/// | `AtLeastOnce { persist_every: n }` | at once; persisted every `n` entries, on stream drop and on `close` | at most the last `n` consumed entries are delivered again |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// Every checkpoint is durable before the call that made it returns.
+    #[default]
+    StrictlyAtOnce,
+    /// Checkpoints are persisted once they have advanced by `persist_every` entries (`0` acts
+    /// as `1`), when a stream is dropped, and on `close`.
+    AtLeastOnce {
+        /// How many consumed entries may be redelivered after a crash.
+        persist_every: u32,
+    },
+}
+
+/// When appended data is made durable (fdatasync).
+///
+/// In every mode an acknowledged entry survives the process being killed: it is in the
+/// operating system's page cache. The schedule decides when it also survives a power failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncSchedule {
+    /// A background task syncs dirty files every `n` milliseconds. `append` resolves once the
+    /// entry is handed to the OS.
+    Milliseconds(u64),
+    /// `append` resolves only after the entry is on stable storage. Concurrent appends, across
+    /// all topics, share one fsync per file (group commit).
+    SyncEach,
+    /// Never sync in the background; data is durable when the OS writes it back, or on
+    /// [`Walrus::sync`] / [`Walrus::close`].
+    NoFsync,
+}
+
+impl Default for FsyncSchedule {
+    fn default() -> Self {
+        FsyncSchedule::Milliseconds(200)
+    }
+}
+
+/// Which I/O engine performs writes and syncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// io_uring where the kernel allows it, else `Blocking` (an `info` event says which).
+    #[default]
+    Auto,
+    /// io_uring on the caller's runtime; opening fails with
+    /// [`Error::BackendUnavailable`] when the kernel refuses it.
+    IoUring,
+    /// `pwrite`/`fdatasync` on Tokio's blocking thread pool. Works everywhere.
+    Blocking,
+}
+
+impl IoBackend {
+    /// The name used in logs and in `WALRUS_IO_BACKEND`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::IoUring => "io_uring",
+            IoBackend::Blocking => "blocking",
+        }
+    }
+
+    fn from_env() -> Option<IoBackend> {
+        let v = std::env::var("WALRUS_IO_BACKEND").ok()?;
+        match v.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(IoBackend::Auto),
+            "io_uring" | "uring" | "io-uring" => Some(IoBackend::IoUring),
+            "blocking" => Some(IoBackend::Blocking),
+            other => {
+                tracing::warn!(value = other, "ignoring unknown WALRUS_IO_BACKEND");
+                None
+            }
+        }
+    }
+}
+
+/// Default `max_entry_bytes`: 16 MiB.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 16 << 20;
+/// Default `max_batch_bytes`: 64 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 << 20;
+/// Default `max_batch_entries`: 1 Mi entries.
+pub const DEFAULT_MAX_BATCH_ENTRIES: usize = 1 << 20;
+/// Default `queue_capacity`: 1024 requests per topic.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Default `segment_bytes`: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Smallest accepted `segment_bytes`: 64 KiB.
+pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+/// Default `block_bytes`: 1 MiB.
+pub const DEFAULT_BLOCK_BYTES: u64 = 1 << 20;
+
+/// Builder for [`Walrus`]; start with [`Walrus::builder`].
+///
+/// ```no_run
+/// use walrus_async::{FsyncSchedule, ReadConsistency, Walrus};
+/// # async fn demo() -> walrus_async::Result<()> {
+/// let wal = Walrus::builder()
+///     .data_dir("/var/lib/app/wal")
+///     .key("tenant-123")
+///     .consistency(ReadConsistency::AtLeastOnce { persist_every: 1_000 })
+///     .fsync(FsyncSchedule::SyncEach)
+///     .open()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct WalrusBuilder {
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) key: Option<String>,
+    pub(crate) consistency: ReadConsistency,
+    pub(crate) fsync: FsyncSchedule,
+    pub(crate) io_backend: Option<IoBackend>,
+    pub(crate) max_entry_bytes: Option<usize>,
+    pub(crate) max_batch_bytes: Option<usize>,
+    pub(crate) max_batch_entries: Option<usize>,
+    pub(crate) queue_capacity: Option<usize>,
+    pub(crate) segment_bytes: Option<u64>,
+    pub(crate) block_bytes: Option<u64>,
+}
+
+/// The settings after defaults and environment variables are applied and checked.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub data_dir: PathBuf,
+    pub key: Option<String>,
+    pub consistency: ReadConsistency,
+    pub fsync: FsyncSchedule,
+    pub io_backend: IoBackend,
+    pub max_entry_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_entries: usize,
+    pub queue_capacity: usize,
+    pub segment_bytes: u64,
+    pub block_bytes: u64,
+}
+
+impl WalrusBuilder {
+    /// Directory that holds the log. Default: `$WALRUS_DATA_DIR`, else `./wal_files`.
+    /// Created when missing.
+    pub fn data_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.data_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Namespace: the log lives in its own sub-directory of the data directory, with its own
+    /// lock, so several instances can share one data directory. Default:
+    /// `$WALRUS_INSTANCE_KEY`, else none. An empty key means none.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// When consumer checkpoints are persisted. Default: [`ReadConsistency::StrictlyAtOnce`].
+    pub fn consistency(mut self, c: ReadConsistency) -> Self {
+        self.consistency = c;
+        self
+    }
+
+    /// When appends are made durable. Default: [`FsyncSchedule::Milliseconds`]`(200)`.
+    pub fn fsync(mut self, f: FsyncSchedule) -> Self {
+        self.fsync = f;
+        self
+    }
+
+    /// I/O engine. Default: `$WALRUS_IO_BACKEND` (`auto`, `io_uring`, `blocking`), else
+    /// [`IoBackend::Auto`].
+    pub fn io_backend(mut self, b: IoBackend) -> Self {
+        self.io_backend = Some(b);
+        self
+    }
+
+    /// Largest single entry, inclusive. Default: 16 MiB. Larger entries get
+    /// [`Error::EntryTooLarge`]. Entries larger than a block or a segment are fine.
+    pub fn max_entry_bytes(mut self, n: usize) -> Self {
+        self.max_entry_bytes = Some(n);
+        self
+    }
+
+    /// Largest total payload of one `append_batch`, inclusive. Default: 64 MiB; at most 4 GiB
+    /// minus framing (a batch is one frame).
+    pub fn max_batch_bytes(mut self, n: usize) -> Self {
+        self.max_batch_bytes = Some(n);
+        self
+    }
+
+    /// Most entries in one `append_batch`, inclusive. Default: 1 Mi.
+    pub fn max_batch_entries(mut self, n: usize) -> Self {
+        self.max_batch_entries = Some(n);
+        self
+    }
+
+    /// Capacity of each topic's writer queue; a full queue makes `append` wait (backpressure).
+    /// It also bounds how many requests one group commit takes. Default: 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = Some(n);
+        self
+    }
+
+    /// Size of one segment file. Default: 64 MiB; any value down to 64 KiB works (rounded up to
+    /// 4 KiB). Larger files mean fewer files; smaller ones let retention reclaim sooner.
+    pub fn segment_bytes(mut self, n: u64) -> Self {
+        self.segment_bytes = Some(n);
+        self
+    }
+
+    /// Size of one block, the unit a segment is shared out in among topics. Default: 1 MiB,
+    /// rounded up to 4 KiB and capped by the segment size. Small blocks waste less space per
+    /// idle topic; large ones roll less often.
+    pub fn block_bytes(mut self, n: u64) -> Self {
+        self.block_bytes = Some(n);
+        self
+    }
+
+    /// Opens (creating or recovering) the log.
+    pub async fn open(self) -> Result<Walrus> {
+        let config = self.resolve()?;
+        Walrus::open_with(config).await
+    }
+
+    pub(crate) fn resolve(self) -> Result<Config> {
+        let data_dir = self
+            .data_dir
+            .or_else(|| std::env::var_os("WALRUS_DATA_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("./wal_files"));
+        let key = self
+            .key
+            .or_else(|| std::env::var("WALRUS_INSTANCE_KEY").ok())
+            .filter(|k| !k.is_empty());
+        let io_backend = self
+            .io_backend
+            .or_else(IoBackend::from_env)
+            .unwrap_or_default();
+        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        let max_entry_bytes = self.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES);
+        let max_batch_bytes = self.max_batch_bytes.unwrap_or(DEFAULT_MAX_BATCH_BYTES);
+        let max_batch_entries = self.max_batch_entries.unwrap_or(DEFAULT_MAX_BATCH_ENTRIES);
+        // One batch is one frame with a u32 length; keep room for the length prefixes.
+        let frame_cap = (u32::MAX as usize) - (64 << 20);
+        if max_batch_bytes > frame_cap || max_entry_bytes > frame_cap {
+            return bad(format!(
+                "max_batch_bytes and max_entry_bytes must be at most {frame_cap}"
+            ));
+        }
+        if max_batch_entries == 0 || max_batch_entries > u32::MAX as usize / 2 {
+            return bad("max_batch_entries must be in 1..=2^31".into());
+        }
+        let queue_capacity = self.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
+        if queue_capacity == 0 {
+            return bad("queue_capacity must be at least 1".into());
+        }
+        let segment_bytes = self.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES);
+        if !(MIN_SEGMENT_BYTES..=(1 << 40)).contains(&segment_bytes) {
+            return bad(format!(
+                "segment_bytes must be in {MIN_SEGMENT_BYTES}..=1 TiB, got {segment_bytes}"
+            ));
+        }
+        let page = crate::format::PAGE;
+        let segment_bytes = segment_bytes.div_ceil(page) * page;
+        let block_bytes = self.block_bytes.unwrap_or(DEFAULT_BLOCK_BYTES).max(page);
+        let block_bytes = (block_bytes.div_ceil(page) * page).min(segment_bytes - page);
+        Ok(Config {
+            data_dir,
+            key,
+            consistency: self.consistency,
+            fsync: self.fsync,
+            io_backend,
+            max_entry_bytes,
+            max_batch_bytes,
+            max_batch_entries,
+            queue_capacity,
+            segment_bytes,
+            block_bytes,
+        })
+    }
+}

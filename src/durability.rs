@@ -1,0 +1,190 @@
+//! The durability task: one per open log, it turns sync requests into as few `fdatasync`s as
+//! possible.
+//!
+//! Writers under `SyncEach` send "make segment S durable up to write generation g" and wait.
+//! While one round of syncs runs, new requests queue up; the next round serves all of them with
+//! one sync per dirty file, whatever the number of topics and appenders (group commit across
+//! topics). Under `Milliseconds(n)` the task also syncs every dirty file every `n` ms.
+//!
+//! A failed sync poisons its segment: the error goes to every waiter, the writer moves to a
+//! fresh segment, and every later `sync()` reports the failure instead of retrying and
+//! pretending the lost data is durable ("fsyncgate").
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::FsyncSchedule;
+use crate::error::{Error, Result};
+use crate::storage::Segment;
+use crate::wal::Shared;
+
+enum Target {
+    /// One segment (everything written to it so far).
+    Segment(Arc<Segment>),
+    /// Every segment written so far (`Walrus::sync`).
+    All,
+}
+
+struct Req {
+    target: Target,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+/// Handle for sending sync requests.
+pub(crate) struct Durability {
+    tx: mpsc::UnboundedSender<Req>,
+}
+
+impl Durability {
+    pub(crate) fn new() -> (Durability, DurabilityRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Durability { tx }, DurabilityRx(rx))
+    }
+
+    /// Waits until `segment` is durable up to write generation `gen`.
+    pub(crate) async fn sync(&self, segment: Arc<Segment>, generation: u64) -> Result<()> {
+        if segment.synced_gen.load(Ordering::Acquire) >= generation
+            && !segment.poisoned.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        self.request(Target::Segment(segment)).await
+    }
+
+    /// Waits until everything written so far is durable.
+    pub(crate) async fn sync_all(&self) -> Result<()> {
+        self.request(Target::All).await
+    }
+
+    async fn request(&self, target: Target) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Req { target, reply })
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+pub(crate) struct DurabilityRx(mpsc::UnboundedReceiver<Req>);
+
+/// Runs until `stop` fires; then answers what is queued and returns.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    rx: DurabilityRx,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut rx = rx.0;
+    let period = match shared.config.fsync {
+        FsyncSchedule::Milliseconds(n) => Some(Duration::from_millis(n.max(1))),
+        _ => None,
+    };
+    let mut tick = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reqs = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            n = rx.recv_many(&mut reqs, 4096) => {
+                if n == 0 {
+                    break;
+                }
+                serve(&shared, &mut reqs).await;
+            }
+            _ = tick.tick(), if period.is_some() => {
+                let _ = sync_segments(&shared, shared.alloc.segments()).await;
+            }
+        }
+    }
+    // Answer anything still queued so no caller waits forever.
+    rx.close();
+    while let Ok(r) = rx.try_recv() {
+        reqs.push(r);
+    }
+    serve(&shared, &mut reqs).await;
+}
+
+async fn serve(shared: &Shared, reqs: &mut Vec<Req>) {
+    if reqs.is_empty() {
+        return;
+    }
+    let mut segs: Vec<Arc<Segment>> = Vec::new();
+    let mut all = false;
+    for r in reqs.iter() {
+        match &r.target {
+            Target::All => all = true,
+            Target::Segment(s) => {
+                if !segs.iter().any(|x| Arc::ptr_eq(x, s)) {
+                    segs.push(s.clone());
+                }
+            }
+        }
+    }
+    if all {
+        segs = shared.alloc.segments();
+    }
+    let results = sync_segments(shared, segs).await;
+    for r in reqs.drain(..) {
+        let res = match &r.target {
+            Target::All => results
+                .iter()
+                .find_map(|(_, res)| res.as_ref().err())
+                .map_or(Ok(()), |e| Err(e.duplicate())),
+            Target::Segment(s) => {
+                results
+                    .iter()
+                    .find(|(x, _)| Arc::ptr_eq(x, s))
+                    .map_or(Ok(()), |(_, res)| match res {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(e.duplicate()),
+                    })
+            }
+        };
+        let _ = r.reply.send(res);
+    }
+}
+
+/// Syncs each segment that needs it, concurrently. A poisoned segment reports its failure.
+async fn sync_segments(
+    shared: &Shared,
+    segs: Vec<Arc<Segment>>,
+) -> Vec<(Arc<Segment>, Result<()>)> {
+    let work = segs.into_iter().map(|s| async move {
+        let res = sync_one(shared, &s).await;
+        (s, res)
+    });
+    futures::future::join_all(work).await
+}
+
+async fn sync_one(shared: &Shared, s: &Segment) -> Result<()> {
+    let failed = || Error::SyncFailed {
+        path: s.path.clone(),
+        reason: "an earlier fsync of this file failed".into(),
+    };
+    if s.poisoned.load(Ordering::Acquire) {
+        return Err(failed());
+    }
+    let generation = s.write_gen.load(Ordering::Acquire);
+    if s.synced_gen.load(Ordering::Acquire) >= generation {
+        return Ok(());
+    }
+    let res = shared.io.sync_data(&s.file).await;
+    shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+    match res {
+        Ok(()) => {
+            s.synced_gen.fetch_max(generation, Ordering::AcqRel);
+            Ok(())
+        }
+        Err(e) => {
+            s.poisoned.store(true, Ordering::Release);
+            tracing::error!(path = %s.path.display(), error = %e, "fdatasync failed; the file takes no more appends");
+            Err(Error::SyncFailed {
+                path: s.path.clone(),
+                reason: e.to_string(),
+            })
+        }
+    }
+}

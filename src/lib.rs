@@ -1,0 +1,71 @@
+//! # walrus-async
+//!
+//! An async-first, Tokio-native write-ahead log: topics you append to and read from, that
+//! survive crashes with nothing acknowledged lost.
+//!
+//! * **Appends are awaited.** [`Walrus::append`] and [`Walrus::append_batch`] resolve once the
+//!   entry is as durable as the [`FsyncSchedule`] promises. Each topic has a writer task fed by
+//!   a bounded queue; it takes every append waiting in its queue and writes them as one frame
+//!   with one I/O submission (group commit). Under [`FsyncSchedule::SyncEach`] the appends of
+//!   all topics waiting at the same time share one `fdatasync` per file.
+//! * **io_uring on your runtime.** On Linux, writes and syncs go through io_uring, with the
+//!   ring registered on the Tokio reactor that opened the log: no second runtime, no extra
+//!   thread. Where io_uring is refused, a blocking-pool backend takes over ([`IoBackend`]).
+//! * **Reads are zero copy.** Segment files are memory-mapped; [`Entry::data`] is a `Bytes`
+//!   view of the mapping. Default-consumer polling reads ([`Walrus::read_next`],
+//!   [`Walrus::batch_read`]) persist their checkpoint per [`ReadConsistency`].
+//! * **Recovery is checksummed.** Every frame carries a CRC32; opening cuts torn tails, steps
+//!   over damaged frames it can step over, and never panics on what it reads.
+//!
+//! ```
+//! use walrus_async::{FsyncSchedule, Walrus};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> walrus_async::Result<()> {
+//! # let tmp = tempfile::tempdir()?;
+//! let wal = Walrus::builder()
+//!     .data_dir(tmp.path())
+//!     .fsync(FsyncSchedule::SyncEach)
+//!     .open()
+//!     .await?;
+//! let first = wal.append("orders", "order #1").await?;
+//! let more = wal.append_batch("orders", ["order #2", "order #3"]).await?;
+//! assert_eq!((first, more), (0, 1..3));
+//!
+//! let entry = wal.read_next("orders", true).await?.expect("an entry");
+//! assert_eq!(&entry.data[..], b"order #1");
+//! assert_eq!(wal.entry_count("orders"), 2);
+//! wal.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Runtime requirements
+//! The log runs its tasks on the Tokio runtime that calls [`WalrusBuilder::open`]; that runtime
+//! needs the I/O and time drivers (`#[tokio::main]` and `#[tokio::test]` enable both). It works
+//! on multi-thread and current-thread runtimes.
+//!
+//! See `docs/ARCHITECTURE.md` and `docs/FORMAT.md` in the repository for the design and the
+//! on-disk format.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod checkpoint;
+mod config;
+mod durability;
+mod error;
+mod format;
+mod io;
+mod reader;
+mod storage;
+mod topic;
+mod wal;
+mod writer;
+
+pub use config::{
+    DEFAULT_BLOCK_BYTES, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_ENTRIES,
+    DEFAULT_MAX_ENTRY_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEGMENT_BYTES, FsyncSchedule,
+    IoBackend, MIN_SEGMENT_BYTES, ReadConsistency, WalrusBuilder,
+};
+pub use error::{Error, Result};
+pub use wal::{Entry, Stats, Walrus};

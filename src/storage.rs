@@ -1,0 +1,499 @@
+//! Segment files, the block allocator and recovery.
+//!
+//! A segment is a preallocated file named `<epoch-ms>.seg`, created with `O_EXCL` so no process
+//! ever truncates or overwrites an existing one, and never written by a later process: each
+//! lifetime writes into segments it created itself. Segments are shared out in blocks; a block
+//! belongs to one topic and a topic's log is the chain of its blocks ordered by first offset.
+//! Every segment is memory-mapped once; readers slice the map (zero copy).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::format::{self, BlockHeader, DecodeError, FrameScan, PAGE, ScanItem, SegmentHeader};
+
+/// File name suffix of segment files.
+pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
+
+/// One segment file.
+pub(crate) struct Segment {
+    /// Random id; seeds every checksum in the file.
+    pub id: u64,
+    /// Creation time in epoch ms; also the file name.
+    pub ms: u64,
+    pub path: PathBuf,
+    pub len: u64,
+    pub file: Arc<File>,
+    /// The whole file, mapped read-only.
+    pub map: Bytes,
+    /// A sync of this file failed: it takes no more appends, and `sync()` keeps failing.
+    pub poisoned: AtomicBool,
+    /// Bumped after every completed write; `synced_gen` is the value seen by the last good sync.
+    pub write_gen: AtomicU64,
+    pub synced_gen: AtomicU64,
+}
+
+impl Segment {
+    /// Bytes `range` of the file (zero copy).
+    pub fn slice(&self, range: Range<u64>) -> Bytes {
+        let end = range.end.min(self.map.len() as u64) as usize;
+        let start = (range.start as usize).min(end);
+        self.map.slice(start..end)
+    }
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// A block of one topic.
+#[derive(Debug)]
+pub(crate) struct Block {
+    pub segment: Arc<Segment>,
+    /// Position of the block header in the file.
+    pub pos: u64,
+    pub len: u64,
+    /// Where the first frame starts, relative to `pos`.
+    pub data_start: usize,
+    /// Offset of the first entry per the block header.
+    pub first_offset: u64,
+    pub salt: u32,
+    /// End (relative to `pos`) of the last completely written frame.
+    pub frames_end: AtomicU64,
+}
+
+impl Block {
+    /// The written part of the block, from its header to the last complete frame.
+    pub fn bytes(&self) -> Bytes {
+        let end = self.frames_end.load(Ordering::Acquire);
+        self.segment.slice(self.pos..self.pos + end)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A random 64-bit id without a dependency: std's hasher keys are randomly seeded per process
+/// and per `RandomState`.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the mapping is read-only and this crate never truncates a segment while it is
+    // mapped (files are only ever created at full length and deleted whole; a deleted file's
+    // pages stay valid while mapped). Readers see bytes a writer is still filling only up to
+    // the published `frames_end`, which is set after the write completed.
+    let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(file)? };
+    Ok(Bytes::from_owner(map))
+}
+
+/// Creates a new segment file of `len` bytes named no earlier than `min_ms`: preallocated, its
+/// header written and synced, the directory synced. A failure leaves no file behind.
+pub(crate) fn create_segment(dir: &Path, min_ms: u64, len: u64) -> io::Result<Segment> {
+    let mut ms = now_ms().max(min_ms);
+    let (file, path) = loop {
+        let path = dir.join(format!("{ms}{SEGMENT_SUFFIX}"));
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => break (f, path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => ms += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let build = || -> io::Result<Segment> {
+        preallocate(&file, len)?;
+        let header = SegmentHeader {
+            segment_id: random_u64(),
+            created_ms: ms,
+            len,
+        };
+        let mut h = [0u8; format::SEGMENT_HEADER_LEN];
+        header.encode(&mut h);
+        file.write_all_at(&h, 0)?;
+        file.sync_data()?;
+        crate::io::sync_dir(dir)?;
+        let map = map_file(&file, len)?;
+        Ok(Segment {
+            id: header.segment_id,
+            ms,
+            path: path.clone(),
+            len,
+            file: Arc::new(file.try_clone()?),
+            map,
+            poisoned: AtomicBool::new(false),
+            write_gen: AtomicU64::new(0),
+            synced_gen: AtomicU64::new(0),
+        })
+    };
+    match build() {
+        Ok(s) => {
+            tracing::debug!(path = %s.path.display(), len, "segment created");
+            Ok(s)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            let _ = crate::io::sync_dir(dir);
+            Err(e)
+        }
+    }
+}
+
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on a valid, owned descriptor.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(e);
+        }
+    }
+    file.set_len(len)
+}
+
+/// Parses `<digits>.seg`.
+pub(crate) fn segment_ms(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// What recovery learned about one block.
+pub(crate) struct RecoveredBlock {
+    pub block: Arc<Block>,
+    /// Offsets of the valid frames, as contiguous runs.
+    pub runs: Vec<Range<u64>>,
+    pub bytes: u64,
+}
+
+/// What recovery found in a namespace directory.
+#[derive(Default)]
+pub(crate) struct Recovered {
+    pub segments: Vec<Arc<Segment>>,
+    pub topics: HashMap<String, Vec<RecoveredBlock>>,
+    pub checksum_failures: u64,
+    pub max_ms: u64,
+    pub deleted_empty: u64,
+}
+
+/// Scans every segment in `dir`. Damage is logged, counted and stepped over; only I/O errors
+/// reading the directory or opening a file fail recovery.
+pub(crate) fn recover(dir: &Path) -> io::Result<Recovered> {
+    let mut names: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(ms) = entry.file_name().to_str().and_then(segment_ms)
+            && entry.file_type()?.is_file()
+        {
+            names.push((ms, entry.path()));
+        }
+    }
+    names.sort();
+    let mut out = Recovered::default();
+    let mut removed_any = false;
+    for (ms, path) in names {
+        out.max_ms = out.max_ms.max(ms);
+        let file = OpenOptions::new().read(true).open(&path)?;
+        let len = file.metadata()?.len();
+        let map = map_file(&file, len)?;
+        let (segment_id, blocks, failures) = scan_segment(&path, &map);
+        out.checksum_failures += failures;
+        let Some(segment_id) = segment_id.filter(|_| !blocks.is_empty()) else {
+            if failures == 0 && map.iter().skip(PAGE as usize).all(|&b| b == 0) {
+                // Only a header (a spare that was never used): nothing to keep.
+                drop(map);
+                std::fs::remove_file(&path)?;
+                removed_any = true;
+                out.deleted_empty += 1;
+                tracing::debug!(path = %path.display(), "deleted unused segment");
+            } else {
+                tracing::warn!(path = %path.display(), "segment holds no readable block; left in place");
+            }
+            continue;
+        };
+        let segment = Arc::new(Segment {
+            id: segment_id,
+            ms,
+            path: path.clone(),
+            len,
+            file: Arc::new(file),
+            map,
+            poisoned: AtomicBool::new(false),
+            write_gen: AtomicU64::new(0),
+            synced_gen: AtomicU64::new(0),
+        });
+        for b in blocks {
+            let block = Arc::new(Block {
+                segment: segment.clone(),
+                pos: b.pos,
+                len: b.len,
+                data_start: b.data_start,
+                first_offset: b.first_offset,
+                salt: format::block_salt(segment_id, b.pos),
+                frames_end: AtomicU64::new(b.frames_end),
+            });
+            out.topics.entry(b.topic).or_default().push(RecoveredBlock {
+                block,
+                runs: b.runs,
+                bytes: b.bytes,
+            });
+        }
+        out.segments.push(segment);
+    }
+    if removed_any {
+        crate::io::sync_dir(dir)?;
+    }
+    for blocks in out.topics.values_mut() {
+        blocks.sort_by_key(|b| {
+            (
+                b.runs.first().map_or(b.block.first_offset, |r| r.start),
+                b.block.segment.ms,
+                b.block.pos,
+            )
+        });
+    }
+    Ok(out)
+}
+
+struct ScannedBlock {
+    topic: String,
+    pos: u64,
+    len: u64,
+    data_start: usize,
+    first_offset: u64,
+    frames_end: u64,
+    runs: Vec<Range<u64>>,
+    bytes: u64,
+}
+
+/// Finds the blocks of one segment and the valid frames in each.
+fn scan_segment(path: &Path, map: &[u8]) -> (Option<u64>, Vec<ScannedBlock>, u64) {
+    let mut failures = 0u64;
+    let header = SegmentHeader::decode(map);
+    let mut segment_id = match header {
+        Ok(h) => Some(h.segment_id),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), position = 0, error = %e, "damaged segment header; scanning for blocks");
+            failures += 1;
+            None
+        }
+    };
+    let len = map.len() as u64;
+    let mut blocks = Vec::new();
+    let mut pos = PAGE;
+    while pos + PAGE <= len {
+        let at = &map[pos as usize..];
+        let h = match BlockHeader::decode(at, pos) {
+            Ok(h) if pos.checked_add(h.len).is_some_and(|e| e <= len) => h,
+            Ok(_) | Err(DecodeError::Zero) => {
+                pos += PAGE;
+                continue;
+            }
+            Err(_) => {
+                pos += PAGE;
+                continue;
+            }
+        };
+        match segment_id {
+            Some(id) if id != h.segment_id => {
+                tracing::warn!(path = %path.display(), position = pos, "block from another segment; ignored");
+                failures += 1;
+                pos += PAGE;
+                continue;
+            }
+            _ => segment_id = Some(h.segment_id),
+        }
+        let data_start = format::block_header_len(h.topic.len());
+        let block = &at[..h.len as usize];
+        let salt = format::block_salt(h.segment_id, pos);
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        let mut frames_end = data_start as u64;
+        let mut bytes = 0u64;
+        for item in FrameScan::new(block, data_start, block.len(), salt, h.first_offset) {
+            match item {
+                ScanItem::Frame(f) => {
+                    match runs.last_mut() {
+                        Some(r) if r.end == f.first_offset => r.end = f.end_offset(),
+                        _ => runs.push(f.first_offset..f.end_offset()),
+                    }
+                    frames_end = f.end as u64;
+                    bytes += format::FrameEntries::new(block, &f)
+                        .map(|r| r.len() as u64)
+                        .sum::<u64>();
+                }
+                ScanItem::Skipped { pos: p, error, .. } => {
+                    failures += 1;
+                    tracing::warn!(path = %path.display(), position = pos + p as u64, %error, "skipped damaged frame");
+                }
+                ScanItem::End {
+                    error: DecodeError::Zero,
+                    ..
+                } => {}
+                ScanItem::End { pos: p, error } => {
+                    failures += 1;
+                    tracing::warn!(path = %path.display(), position = pos + p as u64, %error, "cut damaged or torn tail of block");
+                }
+            }
+        }
+        blocks.push(ScannedBlock {
+            topic: h.topic.to_owned(),
+            pos,
+            len: h.len,
+            data_start,
+            first_offset: h.first_offset,
+            frames_end,
+            runs,
+            bytes,
+        });
+        pos += h.len;
+    }
+    (segment_id, blocks, failures)
+}
+
+/// Hands out blocks, rolling to new segment files; keeps one spare segment created ahead.
+pub(crate) struct Allocator {
+    dir: PathBuf,
+    segment_bytes: u64,
+    block_bytes: u64,
+    state: tokio::sync::Mutex<AllocState>,
+    /// Every live segment, by name.
+    pub registry: Mutex<BTreeMap<u64, Arc<Segment>>>,
+}
+
+struct AllocState {
+    current: Option<Arc<Segment>>,
+    next_pos: u64,
+    next_ms: u64,
+    spare: Option<tokio::task::JoinHandle<io::Result<Segment>>>,
+}
+
+impl Allocator {
+    pub(crate) fn new(
+        dir: PathBuf,
+        segment_bytes: u64,
+        block_bytes: u64,
+        recovered: &[Arc<Segment>],
+        max_ms: u64,
+    ) -> Allocator {
+        let registry = recovered.iter().map(|s| (s.ms, s.clone())).collect();
+        Allocator {
+            dir,
+            segment_bytes,
+            block_bytes,
+            state: tokio::sync::Mutex::new(AllocState {
+                current: None,
+                next_pos: 0,
+                next_ms: max_ms + 1,
+                spare: None,
+            }),
+            registry: Mutex::new(registry),
+        }
+    }
+
+    /// Allocates a block of at least `need` bytes. Returns the segment and the block's
+    /// position and length.
+    pub(crate) async fn allocate(&self, need: u64) -> io::Result<(Arc<Segment>, u64, u64)> {
+        let len = format::align_up(need, PAGE)
+            .ok_or_else(|| io::Error::other("block too large"))?
+            .max(self.block_bytes);
+        let mut st = self.state.lock().await;
+        if let Some(seg) = st.current.clone()
+            && !seg.poisoned.load(Ordering::Acquire)
+            && st.next_pos + len <= seg.len
+        {
+            let pos = st.next_pos;
+            st.next_pos += len;
+            return Ok((seg, pos, len));
+        }
+        let seg_len = self.segment_bytes.max(len + PAGE);
+        let mut segment = None;
+        if let Some(spare) = st.spare.take() {
+            match spare.await {
+                Ok(Ok(s)) if s.len >= seg_len => segment = Some(s),
+                Ok(Ok(s)) => st.spare = Some(tokio::spawn(async move { Ok(s) })),
+                Ok(Err(e)) => tracing::warn!(error = %e, "creating a spare segment failed"),
+                Err(e) => tracing::warn!(error = %e, "spare segment task failed"),
+            }
+        }
+        let segment = match segment {
+            Some(s) => s,
+            None => {
+                let (dir, ms) = (self.dir.clone(), st.next_ms);
+                crate::io::blocking(move || create_segment(&dir, ms, seg_len)).await?
+            }
+        };
+        st.next_ms = st.next_ms.max(segment.ms + 1);
+        let segment = Arc::new(segment);
+        lock(&self.registry).insert(segment.ms, segment.clone());
+        st.current = Some(segment.clone());
+        st.next_pos = PAGE + len;
+        if st.spare.is_none() {
+            let (dir, ms, size) = (self.dir.clone(), st.next_ms, self.segment_bytes);
+            st.next_ms += 1;
+            st.spare = Some(tokio::task::spawn_blocking(move || {
+                create_segment(&dir, ms, size)
+            }));
+        }
+        Ok((segment, PAGE, len))
+    }
+
+    /// Removes the spare segment if one was made (at close).
+    pub(crate) async fn discard_spare(&self) {
+        let spare = self.state.lock().await.spare.take();
+        if let Some(Ok(Ok(s))) = match spare {
+            Some(h) => Some(h.await),
+            None => None,
+        } {
+            let dir = self.dir.clone();
+            let _ = crate::io::blocking(move || {
+                std::fs::remove_file(&s.path)?;
+                crate::io::sync_dir(&dir)
+            })
+            .await;
+        }
+    }
+
+    pub(crate) fn segments(&self) -> Vec<Arc<Segment>> {
+        lock(&self.registry).values().cloned().collect()
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,128 @@
+//! A topic's shared state: its chain of blocks, the published "visible up to" offset, the
+//! offsets lost to damage, and the sender half of its writer's queue.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::format::MAX_TOPIC_LEN;
+use crate::storage::Block;
+
+/// What a writer is asked to append: one entry, or one atomic batch.
+pub(crate) enum Payload {
+    One(Bytes),
+    Batch(Vec<Bytes>),
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::One(_) => 1,
+            Payload::Batch(v) => v.len(),
+        }
+    }
+    pub fn entries(&self) -> &[Bytes] {
+        match self {
+            Payload::One(b) => std::slice::from_ref(b),
+            Payload::Batch(v) => v,
+        }
+    }
+}
+
+/// One request in a writer's queue.
+pub(crate) struct Request {
+    pub payload: Payload,
+    /// Taken when answered.
+    pub reply: Option<oneshot::Sender<Result<Range<u64>>>>,
+}
+
+/// Shared state of one topic.
+pub(crate) struct Topic {
+    pub name: Arc<str>,
+    /// Blocks ordered by first offset; appended to by the writer only.
+    pub blocks: RwLock<Vec<Arc<Block>>>,
+    /// One past the last entry readers may see (durable under `SyncEach`).
+    pub visible: watch::Sender<u64>,
+    /// Oldest retained offset.
+    pub oldest: AtomicU64,
+    /// Offsets that hold no entry (lost to damage, or consumed by a failed write).
+    pub gaps: Mutex<Vec<Range<u64>>>,
+    /// Payload bytes retained.
+    pub bytes: AtomicU64,
+    /// The writer's queue; `None` until the first append of this lifetime, and after close.
+    pub tx: Mutex<Option<mpsc::Sender<Request>>>,
+}
+
+impl Topic {
+    pub fn new(name: Arc<str>, next: u64) -> Topic {
+        Topic {
+            name,
+            blocks: RwLock::new(Vec::new()),
+            visible: watch::Sender::new(next),
+            oldest: AtomicU64::new(0),
+            gaps: Mutex::new(Vec::new()),
+            bytes: AtomicU64::new(0),
+            tx: Mutex::new(None),
+        }
+    }
+
+    /// One past the last visible offset.
+    pub fn visible(&self) -> u64 {
+        *self.visible.borrow()
+    }
+
+    /// Entries that exist in `[from, to)`: the offsets minus the gaps.
+    pub fn entries_between(&self, from: u64, to: u64) -> u64 {
+        if from >= to {
+            return 0;
+        }
+        let gaps = crate::storage::lock(&self.gaps);
+        let missing: u64 = gaps
+            .iter()
+            .map(|g| g.end.min(to).saturating_sub(g.start.max(from)))
+            .sum();
+        (to - from).saturating_sub(missing)
+    }
+
+    pub fn add_gap(&self, gap: Range<u64>) {
+        if gap.start < gap.end {
+            crate::storage::lock(&self.gaps).push(gap);
+        }
+    }
+
+    pub fn blocks(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Block>>> {
+        self.blocks.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push_block(&self, b: Arc<Block>) {
+        self.blocks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(b);
+    }
+
+    pub fn retained_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Checks a topic name: 1..=255 bytes, no NUL.
+pub(crate) fn validate_topic(topic: &str) -> Result<()> {
+    let reason = if topic.is_empty() {
+        "must not be empty"
+    } else if topic.len() > MAX_TOPIC_LEN {
+        "longer than 255 bytes"
+    } else if topic.contains('\0') {
+        "contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidTopic {
+        topic: topic.chars().take(300).collect(),
+        reason,
+    })
+}

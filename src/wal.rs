@@ -1,0 +1,695 @@
+//! The `Walrus` handle: opening and recovery, the topic registry, appends, polling reads,
+//! introspection and lifecycle.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::{Config, IoBackend, ReadConsistency, WalrusBuilder};
+use crate::durability::{self, Durability};
+use crate::error::{Error, Result};
+use crate::io::Io;
+use crate::reader::Cursor;
+use crate::storage::{self, Allocator, lock};
+use crate::topic::{Payload, Request, Topic, validate_topic};
+
+/// One entry of a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Position in its topic: dense, from 0.
+    pub offset: u64,
+    /// The payload; for entries read from disk, a zero-copy view of the memory-mapped file.
+    pub data: Bytes,
+}
+
+/// Counters of an open log. Counters count since this open.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Entries appended (batch entries count one each).
+    pub appends: u64,
+    /// Payload bytes appended.
+    pub bytes_appended: u64,
+    /// `append_batch` calls that wrote something.
+    pub batches: u64,
+    /// Durability barriers issued (`fdatasync` calls).
+    pub fsyncs: u64,
+    /// Write operations submitted to the I/O engine (one per group commit, usually).
+    pub write_submissions: u64,
+    /// Live segment files.
+    pub segments: u64,
+    /// Segment files deleted.
+    pub segments_deleted: u64,
+    /// Damaged frames or headers met by recovery and readers.
+    pub checksum_failures: u64,
+    /// The I/O engine in use.
+    pub backend: IoBackend,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub appends: AtomicU64,
+    pub bytes_appended: AtomicU64,
+    pub batches: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub write_submissions: AtomicU64,
+    pub segments_deleted: AtomicU64,
+    pub checksum_failures: AtomicU64,
+}
+
+/// The default consumer's polling cursor of one topic.
+struct PollCursor {
+    cursor: tokio::sync::Mutex<Cursor>,
+    /// Mirror of `cursor.next` readable without awaiting.
+    next: AtomicU64,
+}
+
+/// State shared by the handle and the background tasks.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub dir: PathBuf,
+    pub io: Io,
+    pub alloc: Allocator,
+    pub durability: Durability,
+    pub stats: Counters,
+    checkpoints: CheckpointStore,
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    cursors: Mutex<HashMap<Arc<str>, Arc<PollCursor>>>,
+    writers: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+    closing: tokio::sync::Mutex<bool>,
+    stop: watch::Sender<bool>,
+    durability_task: Mutex<Option<JoinHandle<()>>>,
+    lock_file: Mutex<Option<File>>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone without `close`: let the writers drain and exit, stop the
+        // background tasks. The directory lock goes when the tasks drop their references.
+        self.shared.stop_accepting();
+        self.shared.stop.send_replace(true);
+        self.shared.io.shutdown();
+    }
+}
+
+/// An open write-ahead log.
+///
+/// A cheap handle: clone it to share between tasks. See the [crate docs](crate) for an
+/// overview and an example.
+#[derive(Clone)]
+pub struct Walrus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Walrus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Walrus")
+            .field("dir", &self.shared().dir)
+            .field("backend", &self.shared().io.kind())
+            .finish()
+    }
+}
+
+/// Maps an instance key to one directory name: `ns-` followed by the key with every byte
+/// outside `[A-Za-z0-9_-]` percent-encoded. Injective (distinct keys never share a directory),
+/// and never `.`, `..` or anything with a `/`.
+pub(crate) fn namespace_dir(key: &str) -> Result<String> {
+    let mut name = String::from("ns-");
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if name.len() > 240 {
+        return Err(Error::InvalidKey {
+            key: key.chars().take(64).collect::<String>() + "…",
+            reason: "too long: its directory name would pass 240 bytes",
+        });
+    }
+    Ok(name)
+}
+
+fn dir_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::DataDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Walrus {
+    /// Opens the log in `dir` with default settings (see [`WalrusBuilder`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> walrus_async::Result<()> {
+    /// let wal = walrus_async::Walrus::open("./wal_files").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Walrus> {
+        Walrus::builder().data_dir(dir).open().await
+    }
+
+    /// A builder for every setting.
+    pub fn builder() -> WalrusBuilder {
+        WalrusBuilder::default()
+    }
+
+    pub(crate) async fn open_with(config: Config) -> Result<Walrus> {
+        let dir = match &config.key {
+            Some(k) => config.data_dir.join(namespace_dir(k)?),
+            None => config.data_dir.clone(),
+        };
+        let (lock_file, recovered, checkpoints) = {
+            let dir = dir.clone();
+            let data_dir = config.data_dir.clone();
+            crate::io::blocking(move || Ok(prepare(&data_dir, &dir)))
+                .await
+                .map_err(Error::Io)??
+        };
+        let io = Io::select(config.io_backend)?;
+        tracing::info!(backend = io.kind().name(), dir = %dir.display(), "I/O backend selected");
+
+        let alloc = Allocator::new(
+            dir.clone(),
+            config.segment_bytes,
+            config.block_bytes,
+            &recovered.segments,
+            recovered.max_ms,
+        );
+        let (durability, durability_rx) = Durability::new();
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Counters::default();
+        stats
+            .checksum_failures
+            .store(recovered.checksum_failures, Ordering::Relaxed);
+        let mut topics = HashMap::new();
+        let mut entries = 0u64;
+        for (name, blocks) in recovered.topics {
+            let topic = build_topic(name, blocks);
+            entries += topic.entries_between(topic.oldest.load(Ordering::Relaxed), topic.visible());
+            topics.insert(topic.name.clone(), Arc::new(topic));
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            segments = recovered.segments.len(),
+            topics = topics.len(),
+            entries,
+            checksum_failures = recovered.checksum_failures,
+            "log opened"
+        );
+        let shared = Arc::new(Shared {
+            config,
+            dir,
+            io,
+            alloc,
+            durability,
+            stats,
+            checkpoints,
+            topics: RwLock::new(topics),
+            cursors: Mutex::new(HashMap::new()),
+            writers: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            closing: tokio::sync::Mutex::new(false),
+            stop,
+            durability_task: Mutex::new(None),
+            lock_file: Mutex::new(Some(lock_file)),
+        });
+        let task = tokio::spawn(durability::run(shared.clone(), durability_rx, stop_rx));
+        *lock(&shared.durability_task) = Some(task);
+        Ok(Walrus {
+            inner: Arc::new(Inner { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared().closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends one entry to `topic` and returns its offset.
+    ///
+    /// Resolves once the entry is as durable as the [`FsyncSchedule`](crate::FsyncSchedule)
+    /// promises. Waits while the topic's writer queue is full (backpressure).
+    ///
+    /// # Cancellation
+    /// Dropping the future never corrupts the log: the entry is then either written whole or
+    /// not at all, and its outcome is not reported.
+    ///
+    /// ```no_run
+    /// # async fn demo(wal: walrus_async::Walrus) -> walrus_async::Result<()> {
+    /// let offset = wal.append("orders", "hello").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn append(&self, topic: &str, data: impl Into<Bytes>) -> Result<u64> {
+        let data = data.into();
+        let max = self.shared().config.max_entry_bytes;
+        if data.len() > max {
+            return Err(Error::EntryTooLarge {
+                size: data.len(),
+                max,
+            });
+        }
+        self.submit(topic, Payload::One(data))
+            .await
+            .map(|r| r.start)
+    }
+
+    /// Appends `entries` to `topic` atomically and returns their offsets.
+    ///
+    /// After any crash either every entry of the batch is in the log or none is. An empty
+    /// batch writes nothing and returns an empty range.
+    ///
+    /// # Cancellation
+    /// As for [`append`](Self::append): the batch is written whole or not at all.
+    ///
+    /// ```no_run
+    /// # async fn demo(wal: walrus_async::Walrus) -> walrus_async::Result<()> {
+    /// let offsets = wal.append_batch("orders", ["a", "b", "c"]).await?;
+    /// assert_eq!(offsets.end - offsets.start, 3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn append_batch<I, B>(&self, topic: &str, entries: I) -> Result<Range<u64>>
+    where
+        I: IntoIterator<Item = B>,
+        B: Into<Bytes>,
+    {
+        let cfg = &self.shared().config;
+        let entries: Vec<Bytes> = entries.into_iter().map(Into::into).collect();
+        let mut total = 0usize;
+        for e in &entries {
+            if e.len() > cfg.max_entry_bytes {
+                return Err(Error::EntryTooLarge {
+                    size: e.len(),
+                    max: cfg.max_entry_bytes,
+                });
+            }
+            total += e.len();
+        }
+        if total > cfg.max_batch_bytes {
+            return Err(Error::BatchTooLarge {
+                size: total,
+                max: cfg.max_batch_bytes,
+            });
+        }
+        if entries.len() > cfg.max_batch_entries {
+            return Err(Error::BatchTooLarge {
+                size: entries.len(),
+                max: cfg.max_batch_entries,
+            });
+        }
+        if entries.is_empty() {
+            validate_topic(topic)?;
+            self.check_open()?;
+            let next = self.topic(topic).map_or(0, |t| t.visible());
+            return Ok(next..next);
+        }
+        self.submit(topic, Payload::Batch(entries)).await
+    }
+
+    async fn submit(&self, topic: &str, payload: Payload) -> Result<Range<u64>> {
+        validate_topic(topic)?;
+        let tx = self.writer(topic)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Request {
+            payload,
+            reply: Some(reply),
+        })
+        .await
+        .map_err(|_| Error::Closed)?;
+        drop(tx);
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.shared()
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The sender of `topic`'s writer, creating the topic and starting its writer if needed.
+    fn writer(&self, name: &str) -> Result<mpsc::Sender<Request>> {
+        self.check_open()?;
+        if let Some(t) = self.topic(name)
+            && let Some(tx) = lock(&t.tx).as_ref()
+        {
+            return Ok(tx.clone());
+        }
+        let shared = self.shared();
+        let mut topics = shared.topics.write().unwrap_or_else(|p| p.into_inner());
+        // Checked under the registry lock: `close` takes the senders under it too.
+        self.check_open()?;
+        let topic = topics
+            .entry(Arc::from(name))
+            .or_insert_with(|| Arc::new(Topic::new(Arc::from(name), 0)))
+            .clone();
+        let mut slot = lock(&topic.tx);
+        if let Some(tx) = slot.as_ref() {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
+        let next = topic.next_offset();
+        let handle = tokio::spawn(crate::writer::run(shared.clone(), topic.clone(), rx, next));
+        lock(&shared.writers).push(handle);
+        *slot = Some(tx.clone());
+        Ok(tx)
+    }
+
+    fn poll_cursor(&self, topic: &Arc<Topic>) -> Arc<PollCursor> {
+        let shared = self.shared();
+        let mut cursors = lock(&shared.cursors);
+        cursors
+            .entry(topic.name.clone())
+            .or_insert_with(|| {
+                let oldest = topic.oldest.load(Ordering::Acquire);
+                let next = shared
+                    .checkpoints
+                    .get(&topic.name, "")
+                    .unwrap_or(oldest)
+                    .max(oldest);
+                Arc::new(PollCursor {
+                    cursor: tokio::sync::Mutex::new(Cursor::new(next)),
+                    next: AtomicU64::new(next),
+                })
+            })
+            .clone()
+    }
+
+    /// Reads the next entry of `topic` for the default consumer.
+    ///
+    /// With `checkpoint = true` the entry counts as consumed: the cursor moves past it and is
+    /// persisted per [`ReadConsistency`] (under `StrictlyAtOnce`, durably before this returns).
+    /// With `false` it is a peek: the same entry comes again. Unknown topics read as `None`.
+    ///
+    /// # Cancellation
+    /// Cancel safe: if the future is dropped, the cursor did not move.
+    pub async fn read_next(&self, topic: &str, checkpoint: bool) -> Result<Option<Entry>> {
+        Ok(self
+            .poll_read(topic, usize::MAX, 1, checkpoint)
+            .await?
+            .pop())
+    }
+
+    /// Reads entries of `topic` for the default consumer: at least one when any is available,
+    /// and no more than `max_bytes` of payload beyond the first. `checkpoint` as for
+    /// [`read_next`](Self::read_next).
+    ///
+    /// # Cancellation
+    /// Cancel safe: if the future is dropped, the cursor did not move.
+    pub async fn batch_read(
+        &self,
+        topic: &str,
+        max_bytes: usize,
+        checkpoint: bool,
+    ) -> Result<Vec<Entry>> {
+        self.poll_read(topic, max_bytes, usize::MAX, checkpoint)
+            .await
+    }
+
+    async fn poll_read(
+        &self,
+        topic: &str,
+        max_bytes: usize,
+        max_entries: usize,
+        checkpoint: bool,
+    ) -> Result<Vec<Entry>> {
+        self.check_open()?;
+        validate_topic(topic)?;
+        let Some(t) = self.topic(topic) else {
+            return Ok(Vec::new());
+        };
+        let pc = self.poll_cursor(&t);
+        let mut guard = pc.cursor.lock().await;
+        let mut cursor = guard.clone();
+        let oldest = t.oldest.load(Ordering::Acquire);
+        if cursor.next < oldest {
+            cursor.reset(oldest);
+        }
+        let mut out = Vec::new();
+        let damaged = cursor.read(&t, max_bytes, max_entries, &mut out);
+        self.count_damage(damaged);
+        if !checkpoint || out.is_empty() {
+            return Ok(out);
+        }
+        let persisted = self.shared().checkpoints.get(topic, "").unwrap_or(0);
+        let due = match self.shared().config.consistency {
+            ReadConsistency::StrictlyAtOnce => true,
+            ReadConsistency::AtLeastOnce { persist_every } => {
+                cursor.next.saturating_sub(persisted) >= u64::from(persist_every.max(1))
+            }
+        };
+        if due {
+            let shared = self.shared();
+            shared
+                .checkpoints
+                .persist(&shared.io, topic, "", cursor.next)
+                .await?;
+        }
+        pc.next.store(cursor.next, Ordering::Release);
+        *guard = cursor;
+        Ok(out)
+    }
+
+    fn count_damage(&self, n: u64) {
+        if n > 0 {
+            self.shared()
+                .stats
+                .checksum_failures
+                .fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads entries of `topic` from `offset` on, without touching any cursor. Same
+    /// `max_bytes` rule as [`batch_read`](Self::batch_read). At or past the end, or on an
+    /// unknown topic: empty. Below the oldest retained offset: [`Error::Truncated`].
+    pub async fn read_at(&self, topic: &str, offset: u64, max_bytes: usize) -> Result<Vec<Entry>> {
+        self.check_open()?;
+        validate_topic(topic)?;
+        let Some(t) = self.topic(topic) else {
+            return Ok(Vec::new());
+        };
+        let oldest = t.oldest.load(Ordering::Acquire);
+        if offset < oldest {
+            return Err(Error::Truncated {
+                requested: offset,
+                oldest,
+            });
+        }
+        let mut cursor = Cursor::new(offset);
+        let mut out = Vec::new();
+        let damaged = cursor.read(&t, max_bytes, usize::MAX, &mut out);
+        self.count_damage(damaged);
+        Ok(out)
+    }
+
+    /// Names of the topics that have entries or were appended to, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .shared()
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Entries of `topic` the default consumer has not consumed yet (0 for unknown topics).
+    pub fn entry_count(&self, topic: &str) -> u64 {
+        let Some(t) = self.topic(topic) else { return 0 };
+        let pc = self.poll_cursor(&t);
+        let from = pc
+            .next
+            .load(Ordering::Acquire)
+            .max(t.oldest.load(Ordering::Acquire));
+        t.entries_between(from, t.visible())
+    }
+
+    /// Payload bytes of `topic` retained on disk (framing not counted).
+    pub fn topic_size(&self, topic: &str) -> u64 {
+        self.topic(topic).map_or(0, |t| t.retained_bytes())
+    }
+
+    /// Counters since open. Also answers after [`close`](Self::close).
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared().stats;
+        Stats {
+            appends: s.appends.load(Ordering::Relaxed),
+            bytes_appended: s.bytes_appended.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            write_submissions: s.write_submissions.load(Ordering::Relaxed),
+            segments: lock(&self.shared().alloc.registry).len() as u64,
+            segments_deleted: s.segments_deleted.load(Ordering::Relaxed),
+            checksum_failures: s.checksum_failures.load(Ordering::Relaxed),
+            backend: self.shared().io.kind(),
+        }
+    }
+
+    /// Makes everything acknowledged so far durable, whatever the fsync schedule.
+    ///
+    /// Fails with [`Error::SyncFailed`] if any sync of a file still in the log has ever failed:
+    /// data acknowledged before that failure may be lost, and a later success would be a lie.
+    pub async fn sync(&self) -> Result<()> {
+        self.check_open()?;
+        self.shared().durability.sync_all().await
+    }
+
+    /// Closes the log: stops taking appends, finishes queued ones, syncs, persists
+    /// checkpoints, ends the background tasks and releases the directory lock.
+    ///
+    /// A second `close` returns `Ok(())`; every other call afterwards returns
+    /// [`Error::Closed`], except [`stats`](Self::stats).
+    pub async fn close(&self) -> Result<()> {
+        let shared = self.shared().clone();
+        let mut done = shared.closing.lock().await;
+        if *done {
+            return Ok(());
+        }
+        shared.stop_accepting();
+        let writers: Vec<_> = std::mem::take(&mut *lock(&shared.writers));
+        for w in writers {
+            let _ = w.await;
+        }
+        let mut result = Ok(());
+        // Persist default-consumer positions that AtLeastOnce has not written yet.
+        let cursors: Vec<_> = lock(&shared.cursors)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.next.load(Ordering::Acquire)))
+            .collect();
+        for (topic, next) in cursors {
+            if let Err(e) = shared
+                .checkpoints
+                .persist(&shared.io, &topic, "", next)
+                .await
+            {
+                result = Err(e);
+            }
+        }
+        if let Err(e) = shared.durability.sync_all().await
+            && result.is_ok()
+        {
+            result = Err(e);
+        }
+        shared.stop.send_replace(true);
+        let task = lock(&shared.durability_task).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        shared.alloc.discard_spare().await;
+        shared.io.shutdown();
+        lock(&shared.lock_file).take();
+        *done = true;
+        tracing::info!(dir = %shared.dir.display(), "log closed");
+        result
+    }
+}
+
+impl Shared {
+    /// Refuses new appends and closes every writer queue (queued requests still run).
+    fn stop_accepting(&self) {
+        let topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::Release);
+        for t in topics.values() {
+            lock(&t.tx).take();
+        }
+    }
+}
+
+impl Topic {
+    /// The offset the writer hands out next: past every entry and every gap.
+    pub(crate) fn next_offset(&self) -> u64 {
+        let gaps_end = lock(&self.gaps).iter().map(|g| g.end).max().unwrap_or(0);
+        self.visible().max(gaps_end)
+    }
+}
+
+/// Creates the directories, takes the lock, recovers segments and loads checkpoints.
+fn prepare(data_dir: &Path, dir: &Path) -> Result<(File, storage::Recovered, CheckpointStore)> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(Error::DataDir {
+            path: data_dir.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
+    let lock_path = dir.join("LOCK");
+    let lock_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(dir_error(dir))?;
+    match lock_file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(dir_error(dir)(e)),
+    }
+    let recovered = storage::recover(dir).map_err(dir_error(dir))?;
+    let checkpoints = CheckpointStore::open(dir).map_err(dir_error(dir))?;
+    Ok((lock_file, recovered, checkpoints))
+}
+
+/// Builds a topic from its recovered blocks (sorted by first offset).
+fn build_topic(name: String, blocks: Vec<storage::RecoveredBlock>) -> Topic {
+    let mut runs: Vec<Range<u64>> = blocks.iter().flat_map(|b| b.runs.clone()).collect();
+    runs.sort_by_key(|r| r.start);
+    let headers_end = blocks
+        .iter()
+        .map(|b| b.block.first_offset)
+        .max()
+        .unwrap_or(0);
+    let runs_end = runs.iter().map(|r| r.end).max().unwrap_or(0);
+    let oldest = runs.first().map_or(runs_end.max(headers_end), |r| r.start);
+    let topic = Topic::new(Arc::from(name.as_str()), runs_end);
+    let mut prev = oldest;
+    for r in &runs {
+        if r.start > prev {
+            topic.add_gap(prev..r.start);
+        }
+        prev = prev.max(r.end);
+    }
+    if headers_end > runs_end {
+        topic.add_gap(runs_end..headers_end);
+    }
+    topic.oldest.store(oldest, Ordering::Release);
+    topic.bytes.store(
+        blocks.iter().map(|b| b.bytes).sum::<u64>(),
+        Ordering::Relaxed,
+    );
+    for b in blocks {
+        topic.push_block(b.block);
+    }
+    topic
+}
