@@ -46,20 +46,21 @@ impl Cursor {
 
     /// Appends to `out` the entries from `self.next` on that are visible, stopping before the
     /// sum of their lengths would pass `max_bytes` (the first entry always comes) or at
-    /// `max_entries`. Advances the cursor past what it returned. Returns damaged frames met.
+    /// `max_entries`. Advances the cursor past what it returned.
+    ///
+    /// Damaged frames are stepped over silently: recovery found, logged and counted them.
     pub fn read(
         &mut self,
         topic: &Topic,
         max_bytes: usize,
         max_entries: usize,
         out: &mut Vec<Entry>,
-    ) -> u64 {
+    ) {
         let visible = topic.visible();
-        let mut damaged = 0;
         let mut total = 0usize;
         let start_len = out.len();
         while out.len() - start_len < max_entries && self.next < visible {
-            if !self.position(topic, &mut damaged) {
+            if !self.position(topic) {
                 break;
             }
             let Some(at) = self.at.as_mut() else { break };
@@ -68,8 +69,7 @@ impl Cursor {
             }
             let mut it = FrameEntries::resume(&at.bytes, &at.frame, at.pos, at.left);
             let Some(range) = it.next() else {
-                // Cannot happen for a verified frame; treat the rest of the frame as damaged.
-                damaged += 1;
+                // Cannot happen for a verified frame; give up on the rest of it.
                 at.left = 0;
                 continue;
             };
@@ -89,14 +89,13 @@ impl Cursor {
             at.left -= 1;
             at.offset += 1;
         }
-        damaged
     }
 
     /// Positions `self.at` in the frame holding `self.next` (or the first entry after it).
-    fn position(&mut self, topic: &Topic, damaged: &mut u64) -> bool {
+    fn position(&mut self, topic: &Topic) -> bool {
         let usable = |a: &InFrame, next: u64| a.left > 0 && a.offset <= next;
         if !self.at.as_ref().is_some_and(|a| usable(a, self.next)) {
-            match self.seek_frame(topic, damaged) {
+            match self.seek_frame(topic) {
                 Some(found) => self.at = Some(found),
                 None => return false,
             }
@@ -104,7 +103,7 @@ impl Cursor {
         true
     }
 
-    fn seek_frame(&mut self, topic: &Topic, damaged: &mut u64) -> Option<InFrame> {
+    fn seek_frame(&mut self, topic: &Topic) -> Option<InFrame> {
         let blocks = topic.blocks();
         // Continue after the cached frame when it is behind us, else locate by offset.
         let (mut idx, mut pos, mut expected) = match self.at.take() {
@@ -140,8 +139,8 @@ impl Cursor {
                         next,
                         error,
                     } => {
-                        *damaged += 1;
-                        tracing::warn!(path = %block.segment.path.display(), position = block.pos + p as u64, next, %error, "skipping damaged frame");
+                        // Recovery found, logged and counted it already.
+                        tracing::debug!(path = %block.segment.path.display(), position = block.pos + p as u64, next, %error, "skipping damaged frame");
                     }
                     // The written part of a block only ends in a damaged frame where recovery cut
                     // a torn tail; either way the block has nothing more.

@@ -450,8 +450,7 @@ impl Walrus {
             cursor.reset(oldest);
         }
         let mut out = Vec::new();
-        let damaged = cursor.read(&t, max_bytes, max_entries, &mut out);
-        self.count_damage(damaged);
+        cursor.read(&t, max_bytes, max_entries, &mut out);
         if !checkpoint || out.is_empty() {
             return Ok(out);
         }
@@ -474,15 +473,6 @@ impl Walrus {
         Ok(out)
     }
 
-    fn count_damage(&self, n: u64) {
-        if n > 0 {
-            self.shared()
-                .stats
-                .checksum_failures
-                .fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
     /// Reads entries of `topic` from `offset` on, without touching any cursor. Same
     /// `max_bytes` rule as [`batch_read`](Self::batch_read). At or past the end, or on an
     /// unknown topic: empty. Below the oldest retained offset: [`Error::Truncated`].
@@ -501,8 +491,7 @@ impl Walrus {
         }
         let mut cursor = Cursor::new(offset);
         let mut out = Vec::new();
-        let damaged = cursor.read(&t, max_bytes, usize::MAX, &mut out);
-        self.count_damage(damaged);
+        cursor.read(&t, max_bytes, usize::MAX, &mut out);
         Ok(out)
     }
 

@@ -1,0 +1,88 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use walrus_async::{Error, FsyncSchedule, Walrus, WalrusBuilder};
+
+/// A builder on `dir` with small files so tests roll blocks and segments often.
+pub fn small(dir: &Path) -> WalrusBuilder {
+    Walrus::builder()
+        .data_dir(dir)
+        .segment_bytes(256 << 10)
+        .block_bytes(16 << 10)
+        .fsync(FsyncSchedule::SyncEach)
+}
+
+/// The segment files in a namespace directory, oldest first.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            let ms = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse()
+                .ok()?;
+            Some((ms, p))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Reads every entry of `topic` from offset 0 with `read_at`, returning (offset, data).
+pub async fn all_entries(wal: &Walrus, topic: &str) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    loop {
+        let got = wal.read_at(topic, next, 1 << 20).await.unwrap();
+        if got.is_empty() {
+            return out;
+        }
+        for e in got {
+            next = e.offset + 1;
+            out.push((e.offset, e.data.to_vec()));
+        }
+    }
+}
+
+/// Frame layout constants from docs/FORMAT.md, for tests that damage files on purpose.
+pub const PAGE: u64 = 4096;
+pub const FRAME_HEADER: u64 = 24;
+
+/// Where the first frame of the block at `block_pos` starts, for a topic name of `len` bytes.
+pub fn first_frame(block_pos: u64, topic_len: usize) -> u64 {
+    block_pos + ((40 + topic_len as u64 + 7) & !7)
+}
+
+/// Positions of the frames of the block at `block_pos` (reads the length fields).
+pub fn frame_positions(file: &[u8], block_pos: u64, topic_len: usize) -> Vec<u64> {
+    let mut pos = first_frame(block_pos, topic_len);
+    let mut out = Vec::new();
+    loop {
+        let p = pos as usize;
+        let h = &file[p..p + 24];
+        if h.iter().all(|&b| b == 0) {
+            return out;
+        }
+        out.push(pos);
+        let len = u32::from_le_bytes(h[4..8].try_into().unwrap()) as u64;
+        pos += FRAME_HEADER + len;
+    }
+}
+
+/// Opens once the previous handle's background tasks have let go of the directory lock (they
+/// finish draining after the last handle is dropped). Yields to them instead of sleeping.
+pub async fn open_when_unlocked(builder: impl Fn() -> WalrusBuilder) -> Walrus {
+    for _ in 0..100_000 {
+        match builder().open().await {
+            Ok(w) => return w,
+            Err(Error::Locked { .. }) => tokio::task::yield_now().await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the directory lock was never released");
+}
