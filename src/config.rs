@@ -126,6 +126,8 @@ pub struct WalrusBuilder {
     pub(crate) queue_capacity: Option<usize>,
     pub(crate) segment_bytes: Option<u64>,
     pub(crate) block_bytes: Option<u64>,
+    #[cfg(feature = "failpoints")]
+    pub(crate) fail_points: Option<crate::FailPoints>,
 }
 
 /// The settings after defaults and environment variables are applied and checked.
@@ -142,6 +144,8 @@ pub(crate) struct Config {
     pub queue_capacity: usize,
     pub segment_bytes: u64,
     pub block_bytes: u64,
+    #[cfg(feature = "failpoints")]
+    pub fail_points: Option<crate::FailPoints>,
 }
 
 impl WalrusBuilder {
@@ -221,6 +225,13 @@ impl WalrusBuilder {
         self
     }
 
+    /// Injects faults into this log's I/O (tests only; cargo feature `failpoints`).
+    #[cfg(feature = "failpoints")]
+    pub fn fail_points(mut self, f: crate::FailPoints) -> Self {
+        self.fail_points = Some(f);
+        self
+    }
+
     /// Opens (creating or recovering) the log.
     pub async fn open(self) -> Result<Walrus> {
         let config = self.resolve()?;
@@ -280,6 +291,8 @@ impl WalrusBuilder {
             queue_capacity,
             segment_bytes,
             block_bytes,
+            #[cfg(feature = "failpoints")]
+            fail_points: self.fail_points,
         })
     }
 }

@@ -136,7 +136,10 @@ impl Error {
     /// `Clone`, so the kind and message are carried over).
     pub(crate) fn duplicate(&self) -> Error {
         match self {
-            Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
+            Error::Io(e) => Error::Io(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }),
             Error::SyncFailed { path, reason } => Error::SyncFailed {
                 path: path.clone(),
                 reason: reason.clone(),
@@ -149,8 +152,12 @@ impl Error {
 
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
+        let e = match e {
+            Error::Io(inner) => return inner,
+            other => other,
+        };
         let kind = match &e {
-            Error::Io(inner) => return io::Error::new(inner.kind(), e),
+            Error::Io(_) => io::ErrorKind::Other,
             Error::DataDir { source, .. } => source.kind(),
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::InvalidTopic { .. }

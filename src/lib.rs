@@ -54,6 +54,8 @@ mod checkpoint;
 mod config;
 mod durability;
 mod error;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod format;
 mod io;
 mod reader;
@@ -68,4 +70,6 @@ pub use config::{
     IoBackend, MIN_SEGMENT_BYTES, ReadConsistency, WalrusBuilder,
 };
 pub use error::{Error, Result};
+#[cfg(feature = "failpoints")]
+pub use failpoints::FailPoints;
 pub use wal::{Entry, Stats, Walrus};

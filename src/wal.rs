@@ -181,7 +181,12 @@ impl Walrus {
                 .await
                 .map_err(Error::Io)??
         };
-        let io = Io::select(config.io_backend)?;
+        #[allow(unused_mut)]
+        let mut io = Io::select(config.io_backend)?;
+        #[cfg(feature = "failpoints")]
+        {
+            io.faults = config.fail_points.clone();
+        }
         tracing::info!(backend = io.kind().name(), dir = %dir.display(), "I/O backend selected");
 
         let alloc = Allocator::new(

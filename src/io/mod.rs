@@ -1,7 +1,7 @@
 //! The I/O engines: positioned writes and data syncs, behind one interface.
 //!
-//! * [`Io::Blocking`]: `pwrite` / `fdatasync` on Tokio's blocking pool. Portable.
-//! * `Io::Uring` (Linux): one io_uring per open log, its fd registered with the caller's Tokio
+//! * `Engine::Blocking`: `pwrite` / `fdatasync` on Tokio's blocking pool. Portable.
+//! * `Engine::Uring` (Linux): one io_uring per open log, its fd registered with the caller's Tokio
 //!   reactor through `AsyncFd`; completions are reaped by a task on that same runtime.
 //!
 //! Both take ownership of the write buffer and hand it back when the operation completes, so a
@@ -19,9 +19,16 @@ use crate::config::IoBackend;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
-/// The engine an open log uses.
+/// The engine an open log uses, plus (feature `failpoints`) its injected faults.
 #[derive(Clone)]
-pub(crate) enum Io {
+pub(crate) struct Io {
+    engine: Engine,
+    #[cfg(feature = "failpoints")]
+    pub faults: Option<crate::FailPoints>,
+}
+
+#[derive(Clone)]
+enum Engine {
     Blocking,
     #[cfg(target_os = "linux")]
     Uring(Arc<uring::Driver>),
@@ -30,14 +37,23 @@ pub(crate) enum Io {
 impl Io {
     /// Chooses the engine for `wanted`, probing io_uring when it may be used.
     pub(crate) fn select(wanted: IoBackend) -> crate::Result<Io> {
+        let engine = Self::engine(wanted)?;
+        Ok(Io {
+            engine,
+            #[cfg(feature = "failpoints")]
+            faults: None,
+        })
+    }
+
+    fn engine(wanted: IoBackend) -> crate::Result<Engine> {
         match wanted {
-            IoBackend::Blocking => Ok(Io::Blocking),
+            IoBackend::Blocking => Ok(Engine::Blocking),
             #[cfg(target_os = "linux")]
             IoBackend::Auto | IoBackend::IoUring => match uring::Driver::start() {
-                Ok(d) => Ok(Io::Uring(d)),
+                Ok(d) => Ok(Engine::Uring(d)),
                 Err(e) if wanted == IoBackend::Auto => {
                     tracing::info!(error = %e, "io_uring unavailable, using the blocking backend");
-                    Ok(Io::Blocking)
+                    Ok(Engine::Blocking)
                 }
                 Err(e) => Err(crate::Error::BackendUnavailable {
                     backend: "io_uring",
@@ -45,7 +61,7 @@ impl Io {
                 }),
             },
             #[cfg(not(target_os = "linux"))]
-            IoBackend::Auto => Ok(Io::Blocking),
+            IoBackend::Auto => Ok(Engine::Blocking),
             #[cfg(not(target_os = "linux"))]
             IoBackend::IoUring => Err(crate::Error::BackendUnavailable {
                 backend: "io_uring",
@@ -56,10 +72,10 @@ impl Io {
 
     /// The backend in use, for `stats()`.
     pub(crate) fn kind(&self) -> IoBackend {
-        match self {
-            Io::Blocking => IoBackend::Blocking,
+        match self.engine {
+            Engine::Blocking => IoBackend::Blocking,
             #[cfg(target_os = "linux")]
-            Io::Uring(_) => IoBackend::IoUring,
+            Engine::Uring(_) => IoBackend::IoUring,
         }
     }
 
@@ -70,8 +86,14 @@ impl Io {
         pos: u64,
         buf: Vec<u8>,
     ) -> (Vec<u8>, io::Result<()>) {
-        match self {
-            Io::Blocking => {
+        #[cfg(feature = "failpoints")]
+        if let Some(f) = &self.faults
+            && let Err(e) = f.before_write().await
+        {
+            return (buf, Err(e));
+        }
+        match &self.engine {
+            Engine::Blocking => {
                 let file = file.clone();
                 let len = buf.len();
                 let task = tokio::task::spawn_blocking(move || {
@@ -85,28 +107,32 @@ impl Io {
                 }
             }
             #[cfg(target_os = "linux")]
-            Io::Uring(d) => d.write_all_at(file, pos, buf).await,
+            Engine::Uring(d) => d.write_all_at(file, pos, buf).await,
         }
     }
 
     /// `fdatasync(2)` on `file`.
     pub(crate) async fn sync_data(&self, file: &Arc<File>) -> io::Result<()> {
-        match self {
-            Io::Blocking => {
+        #[cfg(feature = "failpoints")]
+        if let Some(f) = &self.faults {
+            f.before_sync()?;
+        }
+        match &self.engine {
+            Engine::Blocking => {
                 let file = file.clone();
                 tokio::task::spawn_blocking(move || file.sync_data())
                     .await
                     .map_err(io::Error::other)?
             }
             #[cfg(target_os = "linux")]
-            Io::Uring(d) => d.sync_data(file).await,
+            Engine::Uring(d) => d.sync_data(file).await,
         }
     }
 
     /// Stops background work of the engine (the io_uring reaper).
     pub(crate) fn shutdown(&self) {
         #[cfg(target_os = "linux")]
-        if let Io::Uring(d) = self {
+        if let Engine::Uring(d) = &self.engine {
             d.shutdown();
         }
     }

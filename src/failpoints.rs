@@ -1,0 +1,117 @@
+//! Fault injection for tests (cargo feature `failpoints`; never enable it in production).
+//!
+//! A [`FailPoints`] handle given to [`WalrusBuilder::fail_points`](crate::WalrusBuilder::fail_points)
+//! makes the I/O layer fail or stall chosen operations of that one log, so tests can show what
+//! callers see when a disk misbehaves.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use walrus_async::{FailPoints, Walrus};
+//! let dir = tempfile::tempdir().unwrap();
+//! let faults = FailPoints::new();
+//! let wal = Walrus::builder().data_dir(dir.path()).fail_points(faults.clone()).open().await.unwrap();
+//! faults.fail_writes(1, libc::ENOSPC);
+//! assert!(wal.append("t", "x").await.is_err());
+//! assert_eq!(wal.append("t", "x").await.unwrap(), 1); // works again, no restart
+//! # }
+//! ```
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+use tokio::sync::watch;
+
+/// A handle to the injected faults of one log. Clones share state.
+#[derive(Clone, Debug)]
+pub struct FailPoints {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    writes: AtomicU32,
+    write_errno: AtomicI32,
+    syncs: AtomicU32,
+    sync_errno: AtomicI32,
+    /// `true` while writes are paused.
+    paused: watch::Sender<bool>,
+    /// Number of writes waiting at the pause.
+    blocked: watch::Sender<u32>,
+}
+
+impl Default for FailPoints {
+    fn default() -> Self {
+        FailPoints::new()
+    }
+}
+
+impl FailPoints {
+    /// No faults.
+    pub fn new() -> FailPoints {
+        FailPoints {
+            inner: Arc::new(Inner {
+                writes: AtomicU32::new(0),
+                write_errno: AtomicI32::new(libc::EIO),
+                syncs: AtomicU32::new(0),
+                sync_errno: AtomicI32::new(libc::EIO),
+                paused: watch::Sender::new(false),
+                blocked: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// The next `n` writes (segment or checkpoint) fail with `errno` and write nothing.
+    pub fn fail_writes(&self, n: u32, errno: i32) {
+        self.inner.write_errno.store(errno, Ordering::SeqCst);
+        self.inner.writes.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` fdatasyncs fail with `errno`.
+    pub fn fail_syncs(&self, n: u32, errno: i32) {
+        self.inner.sync_errno.store(errno, Ordering::SeqCst);
+        self.inner.syncs.store(n, Ordering::SeqCst);
+    }
+
+    /// Writes wait (before touching the disk) until [`resume_writes`](Self::resume_writes).
+    pub fn pause_writes(&self) {
+        self.inner.paused.send_replace(true);
+    }
+
+    /// Lets paused writes go on.
+    pub fn resume_writes(&self) {
+        self.inner.paused.send_replace(false);
+    }
+
+    /// Waits until at least `n` writes are waiting at the pause.
+    pub async fn writes_blocked(&self, n: u32) {
+        let mut rx = self.inner.blocked.subscribe();
+        let _ = rx.wait_for(|b| *b >= n).await;
+    }
+
+    pub(crate) async fn before_write(&self) -> io::Result<()> {
+        let mut paused = self.inner.paused.subscribe();
+        if *paused.borrow() {
+            self.inner.blocked.send_modify(|b| *b += 1);
+            let _ = paused.wait_for(|p| !*p).await;
+            self.inner.blocked.send_modify(|b| *b -= 1);
+        }
+        take(&self.inner.writes, &self.inner.write_errno)
+    }
+
+    pub(crate) fn before_sync(&self) -> io::Result<()> {
+        take(&self.inner.syncs, &self.inner.sync_errno)
+    }
+}
+
+fn take(count: &AtomicU32, errno: &AtomicI32) -> io::Result<()> {
+    let hit = count
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if hit {
+        Err(io::Error::from_raw_os_error(errno.load(Ordering::SeqCst)))
+    } else {
+        Ok(())
+    }
+}
