@@ -73,3 +73,8 @@ pub use error::{Error, Result};
 #[cfg(feature = "failpoints")]
 pub use failpoints::FailPoints;
 pub use wal::{Entry, Stats, Walrus};
+
+/// The README's examples, compiled and run as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -524,11 +524,17 @@ impl Allocator {
             None => None,
         } {
             let dir = self.dir.clone();
-            let _ = crate::io::blocking(move || {
-                std::fs::remove_file(&s.path)?;
+            let path = s.path.clone();
+            drop(s);
+            match crate::io::blocking(move || {
+                std::fs::remove_file(&path)?;
                 crate::io::sync_dir(&dir)
             })
-            .await;
+            .await
+            {
+                Ok(()) => tracing::debug!("unused spare segment deleted"),
+                Err(e) => tracing::warn!(error = %e, "could not delete the unused spare segment"),
+            }
         }
     }
 
@@ -539,4 +545,33 @@ impl Allocator {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_segments_never_reuse_an_existing_name() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file "from the future", as if the clock had stepped backwards since it was made.
+        let future = now_ms() + 1_000_000;
+        let taken = dir.path().join(format!("{future}{SEGMENT_SUFFIX}"));
+        std::fs::write(&taken, b"precious").unwrap();
+        let a = create_segment(dir.path(), future, 64 << 10).unwrap();
+        let b = create_segment(dir.path(), future, 64 << 10).unwrap();
+        assert_eq!((a.ms, b.ms), (future + 1, future + 2));
+        assert_eq!(std::fs::read(&taken).unwrap(), b"precious");
+        assert_eq!(a.len, 64 << 10);
+        assert_eq!(SegmentHeader::decode(&a.map).unwrap().created_ms, a.ms);
+        assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn segment_names_parse_strictly() {
+        assert_eq!(segment_ms("123.seg"), Some(123));
+        for bad in ["", ".seg", "12a.seg", "123.seg.tmp", "-1.seg", "123"] {
+            assert_eq!(segment_ms(bad), None, "{bad}");
+        }
+    }
 }

@@ -71,6 +71,9 @@ struct PollCursor {
     cursor: tokio::sync::Mutex<Cursor>,
     /// Mirror of `cursor.next` readable without awaiting.
     next: AtomicU64,
+    /// Where the cursor started this lifetime: not having moved from it means nothing was
+    /// consumed, and nothing needs persisting (or registering) at close.
+    start: u64,
 }
 
 /// State shared by the handle and the background tasks.
@@ -399,6 +402,7 @@ impl Walrus {
                 Arc::new(PollCursor {
                     cursor: tokio::sync::Mutex::new(Cursor::new(next)),
                     next: AtomicU64::new(next),
+                    start: next,
                 })
             })
             .clone()
@@ -575,9 +579,12 @@ impl Walrus {
         // Persist default-consumer positions that AtLeastOnce has not written yet.
         let cursors: Vec<_> = lock(&shared.cursors)
             .iter()
-            .map(|(k, v)| (k.clone(), v.next.load(Ordering::Acquire)))
+            .map(|(k, v)| (k.clone(), v.next.load(Ordering::Acquire), v.start))
             .collect();
-        for (topic, next) in cursors {
+        for (topic, next, start) in cursors {
+            if next <= shared.checkpoints.get(&topic, "").unwrap_or(start) {
+                continue;
+            }
             if let Err(e) = shared
                 .checkpoints
                 .persist(&shared.io, &topic, "", next)
