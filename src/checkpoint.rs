@@ -158,6 +158,16 @@ impl CheckpointStore {
         })
     }
 
+    /// The highest persisted checkpoint of each topic, over all its consumers.
+    pub(crate) fn max_per_topic(&self) -> HashMap<String, u64> {
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for ((t, _), v) in lock(&self.values).iter() {
+            let e = out.entry(t.clone()).or_default();
+            *e = (*e).max(*v);
+        }
+        out
+    }
+
     /// The persisted checkpoint (next offset to read) of `(topic, consumer)`.
     pub(crate) fn get(&self, topic: &str, consumer: &str) -> Option<u64> {
         lock(&self.values)

@@ -255,15 +255,20 @@ impl WalrusBuilder {
         let max_entry_bytes = self.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES);
         let max_batch_bytes = self.max_batch_bytes.unwrap_or(DEFAULT_MAX_BATCH_BYTES);
         let max_batch_entries = self.max_batch_entries.unwrap_or(DEFAULT_MAX_BATCH_ENTRIES);
-        // One batch is one frame with a u32 length; keep room for the length prefixes.
-        let frame_cap = (u32::MAX as usize) - (64 << 20);
-        if max_batch_bytes > frame_cap || max_entry_bytes > frame_cap {
+        // One batch is one frame with a u32 payload length, which also holds a length prefix
+        // (at most 5 bytes) per entry.
+        let frame_cap = u32::MAX as u64;
+        if max_batch_entries == 0 || max_batch_entries as u64 > (1 << 24) {
             return bad(format!(
-                "max_batch_bytes and max_entry_bytes must be at most {frame_cap}"
+                "max_batch_entries must be in 1..=16777216, got {max_batch_entries}"
             ));
         }
-        if max_batch_entries == 0 || max_batch_entries > u32::MAX as usize / 2 {
-            return bad("max_batch_entries must be in 1..=2^31".into());
+        if (max_batch_bytes as u64).saturating_add(5 * max_batch_entries as u64) > frame_cap
+            || (max_entry_bytes as u64).saturating_add(5) > frame_cap
+        {
+            return bad(format!(
+                "max_batch_bytes + 5 * max_batch_entries and max_entry_bytes must fit in a frame of {frame_cap} bytes"
+            ));
         }
         let queue_capacity = self.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
         if queue_capacity == 0 {

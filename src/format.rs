@@ -141,6 +141,10 @@ impl SegmentHeader {
         if version != FORMAT_VERSION {
             return Err(DecodeError::Version(version));
         }
+        // Reserved bytes are outside the checksum: they must be zero until given a meaning.
+        if h[10..16].iter().chain(&h[44..48]).any(|&b| b != 0) {
+            return Err(DecodeError::Field("reserved bytes"));
+        }
         Ok(SegmentHeader {
             segment_id: le_u64(h, 16).ok_or(DecodeError::Short)?,
             created_ms: le_u64(h, 24).ok_or(DecodeError::Short)?,
@@ -218,6 +222,13 @@ impl<'a> BlockHeader<'a> {
         }
         if version != FORMAT_VERSION {
             return Err(DecodeError::Version(version));
+        }
+        let padding = b
+            .get(BLOCK_HEADER_FIXED + topic_len..block_header_len(topic_len))
+            .ok_or(DecodeError::Short)?;
+        // Reserved bytes and padding are outside the checksum: they must be zero.
+        if fixed[36..40] != [0; 4] || padding.iter().any(|&x| x != 0) {
+            return Err(DecodeError::Field("reserved bytes"));
         }
         let len = le_u64(fixed, 16).ok_or(DecodeError::Short)?;
         if len == 0 || len % PAGE != 0 || (len as usize) < block_header_len(topic_len) {
@@ -643,6 +654,36 @@ mod tests {
         assert_eq!(BlockHeader::decode(&b, 4096), Ok(h));
         // The same bytes at another position do not validate.
         assert_eq!(BlockHeader::decode(&b, 8192), Err(DecodeError::Checksum));
+    }
+
+    #[test]
+    fn reserved_bytes_must_be_zero() {
+        let mut b = [0u8; SEGMENT_HEADER_LEN];
+        SegmentHeader {
+            segment_id: 1,
+            created_ms: 2,
+            len: 3,
+        }
+        .encode(&mut b);
+        b[45] = 1;
+        assert_eq!(
+            SegmentHeader::decode(&b),
+            Err(DecodeError::Field("reserved bytes"))
+        );
+        let mut v = Vec::new();
+        BlockHeader {
+            segment_id: 1,
+            len: PAGE,
+            first_offset: 0,
+            topic: "t",
+        }
+        .encode(0, &mut v);
+        let last = v.len() - 1; // padding after the topic name
+        v[last] = 1;
+        assert_eq!(
+            BlockHeader::decode(&v, 0),
+            Err(DecodeError::Field("reserved bytes"))
+        );
     }
 
     #[test]

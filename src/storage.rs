@@ -234,25 +234,35 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Recovered> {
         let map = map_file(&file, len)?;
         let next_data = |pos: u64| next_data(&file, pos);
         let (segment_id, blocks, failures) = scan_segment(&path, &map, next_data);
-        out.checksum_failures += failures;
         let Some(segment_id) = segment_id.filter(|_| !blocks.is_empty()) else {
-            if failures == 0
-                && next_data(PAGE).is_none_or(|d| {
-                    map.get(d as usize..)
-                        .is_some_and(|r| r.iter().all(|&b| b == 0))
-                })
-            {
-                // Only a header (a spare that was never used): nothing to keep.
+            // No block: either a spare that was never used, or a file whose creation was cut
+            // short by a crash (its header is only written, and synced, before first use). If
+            // nothing but zeros lies past a valid or unwritten header, no data was ever in it.
+            // Only a valid header or none at all: a torn or foreign one is kept for a human.
+            let first_page = map.get(..PAGE as usize).unwrap_or(&map);
+            let header_ok = (first_page.iter().all(|&b| b == 0)
+                || SegmentHeader::decode(&map).is_ok())
+                && first_page
+                    .iter()
+                    .skip(format::SEGMENT_HEADER_LEN)
+                    .all(|&b| b == 0);
+            let rest_empty = next_data(PAGE).is_none_or(|d| {
+                map.get(d as usize..)
+                    .is_none_or(|r| r.iter().all(|&b| b == 0))
+            });
+            if header_ok && rest_empty {
                 drop(map);
                 std::fs::remove_file(&path)?;
                 removed_any = true;
                 out.deleted_empty += 1;
-                tracing::debug!(path = %path.display(), "deleted unused segment");
+                tracing::debug!(path = %path.display(), "deleted a segment that never held data");
             } else {
+                out.checksum_failures += failures.max(1) - failures;
                 tracing::warn!(path = %path.display(), "segment holds no readable block; left in place");
             }
             continue;
         };
+        out.checksum_failures += failures;
         let segment = Arc::new(Segment {
             id: segment_id,
             ms,
@@ -343,6 +353,8 @@ fn scan_segment(
     let header = SegmentHeader::decode(map);
     let mut segment_id = match header {
         Ok(h) => Some(h.segment_id),
+        // An unwritten header (creation cut short) holds no blocks either; not damage.
+        Err(DecodeError::Zero | DecodeError::Short) => None,
         Err(e) => {
             tracing::warn!(path = %path.display(), position = 0, error = %e, "damaged segment header; scanning for blocks");
             failures += 1;
@@ -351,6 +363,8 @@ fn scan_segment(
     };
     let len = map.len() as u64;
     let mut blocks = Vec::new();
+    // Set while probing through non-zero bytes that are no block: counted once per stretch.
+    let mut in_damage = false;
     let mut pos = PAGE;
     while pos + PAGE <= len {
         match next_data(pos) {
@@ -364,15 +378,25 @@ fn scan_segment(
         let at = &map[pos as usize..];
         let h = match BlockHeader::decode(at, pos) {
             Ok(h) if pos.checked_add(h.len).is_some_and(|e| e <= len) => h,
-            Ok(_) | Err(DecodeError::Zero) => {
+            Err(DecodeError::Zero) => {
                 pos += PAGE;
                 continue;
             }
-            Err(_) => {
+            other => {
+                if !in_damage {
+                    in_damage = true;
+                    failures += 1;
+                    let error = match other {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "block length past the end of the file".into(),
+                    };
+                    tracing::warn!(path = %path.display(), position = pos, %error, "damaged block header; probing for the next block");
+                }
                 pos += PAGE;
                 continue;
             }
         };
+        in_damage = false;
         match segment_id {
             Some(id) if id != h.segment_id => {
                 tracing::warn!(path = %path.display(), position = pos, "block from another segment; ignored");
@@ -472,14 +496,25 @@ impl Allocator {
     /// Allocates a block of at least `need` bytes. Returns the segment and the block's
     /// position and length.
     pub(crate) async fn allocate(&self, need: u64) -> io::Result<(Arc<Segment>, u64, u64)> {
-        let len = format::align_up(need, PAGE)
-            .ok_or_else(|| io::Error::other("block too large"))?
-            .max(self.block_bytes);
+        let min =
+            format::align_up(need, PAGE).ok_or_else(|| io::Error::other("block too large"))?;
+        let len = min.max(self.block_bytes);
         let mut st = self.state.lock().await;
+        let room = st
+            .current
+            .as_ref()
+            .map_or(0, |seg| seg.len.saturating_sub(st.next_pos));
         if let Some(seg) = st.current.clone()
             && !seg.poisoned.load(Ordering::Acquire)
-            && st.next_pos + len <= seg.len
+            && room >= min
         {
+            // When less than another full block would be left, this block takes the rest of
+            // the segment, so no segment ends in preallocated space nobody can use.
+            let len = if room < len + self.block_bytes {
+                room
+            } else {
+                len
+            };
             let pos = st.next_pos;
             st.next_pos += len;
             return Ok((seg, pos, len));
@@ -565,6 +600,33 @@ mod tests {
         assert_eq!(a.len, 64 << 10);
         assert_eq!(SegmentHeader::decode(&a.map).unwrap().created_ms, a.ms);
         assert_ne!(a.id, b.id);
+    }
+
+    #[tokio::test]
+    async fn blocks_fill_segments_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_len = 64 << 10;
+        let alloc = Allocator::new(dir.path().into(), seg_len, 12 << 10, &[], 0);
+        let mut last_end = 0;
+        let mut first = None;
+        loop {
+            let (seg, pos, len) = alloc.allocate(100).await.unwrap();
+            let first_ms = *first.get_or_insert(seg.ms);
+            if seg.ms != first_ms {
+                break;
+            }
+            assert_eq!(pos % PAGE, 0);
+            assert!(len >= 12 << 10);
+            last_end = pos + len;
+        }
+        assert_eq!(
+            last_end, seg_len,
+            "the last block takes the rest of the segment"
+        );
+        // A block that does not fit what is left rolls to a new segment.
+        let (seg, pos, _) = alloc.allocate(60 << 10).await.unwrap();
+        assert_eq!(pos, PAGE);
+        assert!(seg.len >= (60 << 10) + PAGE);
     }
 
     #[test]

@@ -47,9 +47,10 @@ pub struct Stats {
     pub write_submissions: u64,
     /// Live segment files.
     pub segments: u64,
-    /// Segment files deleted.
+    /// Segment files deleted by retention.
     pub segments_deleted: u64,
-    /// Damaged frames or headers met by recovery and readers.
+    /// Damaged frames and headers found by recovery at open (each counted once; readers step
+    /// over them without counting again).
     pub checksum_failures: u64,
     /// The I/O engine in use.
     pub backend: IoBackend,
@@ -102,10 +103,11 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // The last handle is gone without `close`: let the writers drain and exit, stop the
-        // background tasks. The directory lock goes when the tasks drop their references.
+        // durability task. The io_uring reaper is *not* stopped here: writes already queued must
+        // still complete; it ends by itself once the tasks holding the engine are gone. The
+        // directory lock goes with the last of them.
         self.shared.stop_accepting();
         self.shared.stop.send_replace(true);
-        self.shared.io.shutdown();
     }
 }
 
@@ -207,8 +209,19 @@ impl Walrus {
             .store(recovered.checksum_failures, Ordering::Relaxed);
         let mut topics = HashMap::new();
         let mut entries = 0u64;
-        for (name, blocks) in recovered.topics {
-            let topic = build_topic(name, blocks);
+        let mut floors = checkpoints.max_per_topic();
+        let mut names: Vec<String> = recovered.topics.keys().cloned().collect();
+        names.extend(
+            floors
+                .keys()
+                .filter(|t| !recovered.topics.contains_key(*t))
+                .cloned(),
+        );
+        let mut recovered_topics = recovered.topics;
+        for name in names {
+            let blocks = recovered_topics.remove(&name).unwrap_or_default();
+            let floor = floors.remove(&name).unwrap_or(0);
+            let topic = build_topic(name, blocks, floor);
             entries += topic.entries_between(topic.oldest.load(Ordering::Relaxed), topic.visible());
             topics.insert(topic.name.clone(), Arc::new(topic));
         }
@@ -330,7 +343,7 @@ impl Walrus {
         if entries.is_empty() {
             validate_topic(topic)?;
             self.check_open()?;
-            let next = self.topic(topic).map_or(0, |t| t.visible());
+            let next = self.topic(topic).map_or(0, |t| t.next_offset());
             return Ok(next..next);
         }
         self.submit(topic, Payload::Batch(entries)).await
@@ -663,7 +676,11 @@ fn prepare(data_dir: &Path, dir: &Path) -> Result<(File, storage::Recovered, Che
 }
 
 /// Builds a topic from its recovered blocks (sorted by first offset).
-fn build_topic(name: String, blocks: Vec<storage::RecoveredBlock>) -> Topic {
+///
+/// `floor` is the highest persisted checkpoint of any consumer of the topic: offsets below it
+/// were handed out before, even if a power failure took their entries (an unsynced tail).
+/// Handing them out again would make that consumer skip the new entries.
+fn build_topic(name: String, blocks: Vec<storage::RecoveredBlock>, floor: u64) -> Topic {
     let mut runs: Vec<Range<u64>> = blocks.iter().flat_map(|b| b.runs.clone()).collect();
     runs.sort_by_key(|r| r.start);
     let headers_end = blocks
@@ -672,8 +689,10 @@ fn build_topic(name: String, blocks: Vec<storage::RecoveredBlock>) -> Topic {
         .max()
         .unwrap_or(0);
     let runs_end = runs.iter().map(|r| r.end).max().unwrap_or(0);
-    let oldest = runs.first().map_or(runs_end.max(headers_end), |r| r.start);
-    let topic = Topic::new(Arc::from(name.as_str()), runs_end);
+    let next = runs_end.max(headers_end).max(floor);
+    let oldest = runs.first().map_or(next, |r| r.start);
+    // Past the last entry lie only offsets that hold none: readers may look up to `next`.
+    let topic = Topic::new(Arc::from(name.as_str()), next);
     let mut prev = oldest;
     for r in &runs {
         if r.start > prev {
@@ -681,8 +700,8 @@ fn build_topic(name: String, blocks: Vec<storage::RecoveredBlock>) -> Topic {
         }
         prev = prev.max(r.end);
     }
-    if headers_end > runs_end {
-        topic.add_gap(runs_end..headers_end);
+    if next > prev {
+        topic.add_gap(prev..next);
     }
     topic.oldest.store(oldest, Ordering::Release);
     topic.bytes.store(

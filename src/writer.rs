@@ -222,28 +222,29 @@ impl Writer {
         if done.is_empty() {
             return;
         }
-        // Durability per schedule, then publish and answer.
-        let mut sync_err: Option<Error> = None;
+        // Durability per schedule, then publish and answer. Each write gets the result of
+        // its own segment's sync: one failing file does not fail writes in healthy ones.
+        let mut synced: Vec<(Arc<crate::storage::Segment>, u64, Option<Error>)> = Vec::new();
         if shared.config.fsync == FsyncSchedule::SyncEach {
-            let mut segs: Vec<(Arc<crate::storage::Segment>, u64)> = Vec::new();
             for (w, g) in &done {
-                match segs
+                match synced
                     .iter_mut()
-                    .find(|(s, _)| Arc::ptr_eq(s, &w.block.segment))
+                    .find(|(s, _, _)| Arc::ptr_eq(s, &w.block.segment))
                 {
                     Some(e) => e.1 = e.1.max(*g),
-                    None => segs.push((w.block.segment.clone(), *g)),
+                    None => synced.push((w.block.segment.clone(), *g, None)),
                 }
             }
-            for (seg, g) in segs {
-                if let Err(e) = shared.durability.sync(seg, g).await {
-                    sync_err = Some(e);
-                    break;
-                }
+            for (seg, g, err) in &mut synced {
+                *err = shared.durability.sync(seg.clone(), *g).await.err();
             }
         }
         for (w, _) in done {
-            if let Some(e) = &sync_err {
+            let sync_err = synced
+                .iter()
+                .find(|(s, _, _)| Arc::ptr_eq(s, &w.block.segment))
+                .and_then(|(_, _, e)| e.as_ref());
+            if let Some(e) = sync_err {
                 self.fail(reqs, &w, Some(e.duplicate()));
                 continue;
             }

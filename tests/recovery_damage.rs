@@ -266,3 +266,56 @@ async fn a_never_written_block_that_is_a_real_hole_does_not_hide_later_blocks() 
         vec![(0, b"b0".to_vec())]
     );
 }
+
+#[tokio::test]
+async fn offsets_never_go_below_a_persisted_checkpoint_after_a_lost_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = ten_frames(dir.path()).await;
+    {
+        let wal = reopen(dir.path()).await;
+        for i in 0..10 {
+            assert_eq!(wal.read_next("t", true).await.unwrap().unwrap().offset, i);
+        }
+        wal.close().await.unwrap();
+    }
+    // A power failure takes the unsynced tail (entries 5..10) but the checkpoint (10) is durable.
+    let from = frames[5] as usize;
+    edit(dir.path(), |b| b[from..from + 4096].fill(0));
+    let wal = reopen(dir.path()).await;
+    assert_eq!(common::all_entries(&wal, "t").await, want(0..5));
+    assert_eq!(wal.entry_count("t"), 0);
+    // New entries continue past the checkpoint, so the consumer sees them instead of skipping.
+    assert_eq!(wal.append("t", "new").await.unwrap(), 10);
+    let e = wal.read_next("t", true).await.unwrap().unwrap();
+    assert_eq!((e.offset, &e.data[..]), (10, &b"new"[..]));
+}
+
+#[tokio::test]
+async fn segments_whose_creation_was_cut_short_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    ten_frames(dir.path()).await;
+    std::fs::write(dir.path().join("5.seg"), b"").unwrap();
+    std::fs::write(dir.path().join("6.seg"), vec![0u8; 64 << 10]).unwrap();
+    let wal = reopen(dir.path()).await;
+    assert_eq!(wal.stats().checksum_failures, 0);
+    assert!(!dir.path().join("5.seg").exists());
+    assert!(!dir.path().join("6.seg").exists());
+    assert_eq!(common::all_entries(&wal, "t").await, want(0..10));
+}
+
+#[tokio::test]
+async fn a_damaged_block_header_is_counted_and_later_blocks_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    wal.append("a", "a0").await.unwrap(); // block at 4096
+    wal.append("b", "b0").await.unwrap(); // next block
+    wal.close().await.unwrap();
+    edit(dir.path(), |b| b[PAGE as usize + 20] ^= 0x40); // a's block length field
+    let wal = reopen(dir.path()).await;
+    assert!(common::all_entries(&wal, "a").await.is_empty());
+    assert_eq!(
+        common::all_entries(&wal, "b").await,
+        vec![(0, b"b0".to_vec())]
+    );
+    assert_eq!(wal.stats().checksum_failures, 1);
+}
