@@ -33,11 +33,19 @@ const COMPACT_AT: u64 = 4 << 20;
 
 type Key = (String, String);
 
+/// Reserved consumer name of a topic's "floor" record: the next offset the topic hands out,
+/// written before retention deletes a topic's last entries so offsets never go backwards.
+/// Consumer names cannot contain NUL, so it cannot clash with a real consumer.
+pub(crate) const FLOOR: &str = "\0next";
+
 /// The store of one namespace.
 pub(crate) struct CheckpointStore {
     path: PathBuf,
     dir: PathBuf,
+    /// Persisted values.
     values: Mutex<HashMap<Key, u64>>,
+    /// Consumers registered but not yet persisted: they already pin data against retention.
+    pins: Mutex<HashMap<Key, u64>>,
     file: tokio::sync::Mutex<(Arc<File>, u64)>,
 }
 
@@ -154,6 +162,7 @@ impl CheckpointStore {
             path,
             dir: dir.to_path_buf(),
             values: Mutex::new(values),
+            pins: Mutex::new(HashMap::new()),
             file: tokio::sync::Mutex::new((Arc::new(file), len)),
         })
     }
@@ -183,12 +192,66 @@ impl CheckpointStore {
         consumer: &str,
         offset: u64,
     ) -> Result<()> {
+        self.write(io, OP_SET, topic, consumer, offset, false).await
+    }
+
+    /// Registers `(topic, consumer)` at `offset` at once in memory (it pins data from then on)
+    /// and returns what makes it durable.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        io: &Io,
+        topic: &str,
+        consumer: &str,
+        offset: u64,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let key = (topic.to_owned(), consumer.to_owned());
+        lock(&self.pins).insert(key.clone(), offset);
+        let (store, io) = (self.clone(), io.clone());
+        async move {
+            let res = store.write(&io, OP_SET, &key.0, &key.1, offset, true).await;
+            lock(&store.pins).remove(&key);
+            res
+        }
+    }
+
+    /// Durably forgets `(topic, consumer)`.
+    pub(crate) async fn remove(&self, io: &Io, topic: &str, consumer: &str) -> Result<()> {
+        self.write(io, OP_REMOVE, topic, consumer, 0, true).await
+    }
+
+    /// Whether `(topic, consumer)` is registered (persisted or pending).
+    pub(crate) fn is_registered(&self, topic: &str, consumer: &str) -> bool {
+        let key = (topic.to_owned(), consumer.to_owned());
+        lock(&self.values).contains_key(&key) || lock(&self.pins).contains_key(&key)
+    }
+
+    /// Registered consumers and their checkpoints (persisted, else pinned), floors excluded.
+    pub(crate) fn registered(&self) -> Vec<(String, String, u64)> {
+        let mut out: HashMap<Key, u64> = lock(&self.pins).clone();
+        for (k, v) in lock(&self.values).iter() {
+            out.insert(k.clone(), *v);
+        }
+        out.into_iter()
+            .filter(|((_, c), _)| c != FLOOR)
+            .map(|((t, c), v)| (t, c, v))
+            .collect()
+    }
+
+    async fn write(
+        &self,
+        io: &Io,
+        op: u8,
+        topic: &str,
+        consumer: &str,
+        offset: u64,
+        always: bool,
+    ) -> Result<()> {
         let mut file = self.file.lock().await;
-        if self.get(topic, consumer).is_some_and(|v| v >= offset) {
+        if !always && self.get(topic, consumer).is_some_and(|v| v >= offset) {
             return Ok(());
         }
         let mut buf = Vec::with_capacity(32 + topic.len() + consumer.len());
-        encode(&mut buf, OP_SET, topic, consumer, offset);
+        encode(&mut buf, op, topic, consumer, offset);
         let len = buf.len() as u64;
         let (_, res) = io.write_all_at(&file.0, file.1, buf).await;
         res?;
@@ -197,8 +260,12 @@ impl CheckpointStore {
         let key = (topic.to_owned(), consumer.to_owned());
         let v = {
             let mut values = lock(&self.values);
-            let v = values.entry(key).or_insert(0);
-            *v = (*v).max(offset);
+            if op == OP_REMOVE {
+                values.remove(&key);
+            } else {
+                let v = values.entry(key).or_insert(0);
+                *v = (*v).max(offset);
+            }
             values.clone()
         };
         if file.1 > COMPACT_AT && file.1 > 4 * (v.len() as u64 * 64) {

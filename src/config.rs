@@ -126,6 +126,8 @@ pub struct WalrusBuilder {
     pub(crate) queue_capacity: Option<usize>,
     pub(crate) segment_bytes: Option<u64>,
     pub(crate) block_bytes: Option<u64>,
+    pub(crate) retention_bytes: Option<u64>,
+    pub(crate) retention_age: Option<std::time::Duration>,
     #[cfg(feature = "failpoints")]
     pub(crate) fail_points: Option<crate::FailPoints>,
 }
@@ -144,6 +146,8 @@ pub(crate) struct Config {
     pub queue_capacity: usize,
     pub segment_bytes: u64,
     pub block_bytes: u64,
+    pub retention_bytes: Option<u64>,
+    pub retention_age: Option<std::time::Duration>,
     #[cfg(feature = "failpoints")]
     pub fail_points: Option<crate::FailPoints>,
 }
@@ -232,6 +236,21 @@ impl WalrusBuilder {
         self
     }
 
+    /// Caps the disk the log may use: when its segment files add up to more than `bytes`, the
+    /// oldest sealed segments are deleted even if consumers have not read them (they get
+    /// [`Error::Truncated`] once). Default: no cap; data stays until every consumer passed it.
+    pub fn retention_bytes(mut self, bytes: u64) -> Self {
+        self.retention_bytes = Some(bytes);
+        self
+    }
+
+    /// Deletes sealed segments created more than `age` ago, even if consumers have not read
+    /// them (they get [`Error::Truncated`] once). Default: no limit.
+    pub fn retention_age(mut self, age: std::time::Duration) -> Self {
+        self.retention_age = Some(age);
+        self
+    }
+
     /// Opens (creating or recovering) the log.
     pub async fn open(self) -> Result<Walrus> {
         let config = self.resolve()?;
@@ -296,6 +315,8 @@ impl WalrusBuilder {
             queue_capacity,
             segment_bytes,
             block_bytes,
+            retention_bytes: self.retention_bytes,
+            retention_age: self.retention_age,
             #[cfg(feature = "failpoints")]
             fail_points: self.fail_points,
         })

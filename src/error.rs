@@ -50,6 +50,24 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A consumer name outside the rules (1..=255 bytes of UTF-8 without NUL).
+    #[error("invalid consumer name {consumer:?}: {reason}")]
+    InvalidConsumer {
+        /// The name as given.
+        consumer: String,
+        /// Which rule it broke.
+        reason: &'static str,
+    },
+
+    /// An acknowledgement that cannot be right; nothing changed.
+    #[error("cannot acknowledge offset {offset}: {reason}")]
+    InvalidAck {
+        /// The offset given.
+        offset: u64,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
     /// A builder setting out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -88,7 +106,7 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// The requested offset was deleted by retention.
+    /// The requested offset is no longer retained: deleted by retention, or lost to damage.
     #[error("offset {requested} is no longer retained; the oldest retained offset is {oldest}")]
     Truncated {
         /// The offset asked for.
@@ -162,6 +180,8 @@ impl From<Error> for io::Error {
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::InvalidTopic { .. }
             | Error::InvalidKey { .. }
+            | Error::InvalidConsumer { .. }
+            | Error::InvalidAck { .. }
             | Error::InvalidConfig(_)
             | Error::EntryTooLarge { .. }
             | Error::BatchTooLarge { .. } => io::ErrorKind::InvalidInput,

@@ -59,7 +59,9 @@ mod failpoints;
 mod format;
 mod io;
 mod reader;
+mod retention;
 mod storage;
+mod stream;
 mod topic;
 mod wal;
 mod writer;
@@ -72,7 +74,8 @@ pub use config::{
 pub use error::{Error, Result};
 #[cfg(feature = "failpoints")]
 pub use failpoints::FailPoints;
-pub use wal::{Entry, Stats, Walrus};
+pub use stream::TopicStream;
+pub use wal::{ConsumerLag, Entry, Stats, Walrus};
 
 /// The README's examples, compiled and run as doctests so they cannot drift from the API.
 #[cfg(doctest)]

@@ -8,13 +8,16 @@
 use bytes::Bytes;
 
 use crate::format::{Frame, FrameEntries, FrameScan, ScanItem};
+use std::sync::Arc;
+
+use crate::storage::Block;
 use crate::topic::Topic;
 use crate::wal::Entry;
 
 /// Where a reader is inside a verified frame.
 #[derive(Clone, Debug)]
 struct InFrame {
-    block_idx: usize,
+    block: Arc<Block>,
     bytes: Bytes,
     frame: Frame,
     /// Byte position of the next entry's length prefix.
@@ -106,11 +109,16 @@ impl Cursor {
     fn seek_frame(&mut self, topic: &Topic) -> Option<InFrame> {
         let blocks = topic.blocks();
         // Continue after the cached frame when it is behind us, else locate by offset.
-        let (mut idx, mut pos, mut expected) = match self.at.take() {
-            Some(a) if a.frame.end_offset() <= self.next || a.left == 0 => {
-                (a.block_idx, a.frame.end, a.frame.end_offset())
-            }
-            _ => {
+        // Blocks are found again by identity, not index: retention may have removed earlier
+        // ones since the cursor was here.
+        let cached = self.at.take().and_then(|a| {
+            let idx = blocks.iter().position(|b| Arc::ptr_eq(b, &a.block))?;
+            (a.frame.end_offset() <= self.next || a.left == 0)
+                .then(|| (idx, a.frame.end, a.frame.end_offset()))
+        });
+        let (mut idx, mut pos, mut expected) = match cached {
+            Some(c) => c,
+            None => {
                 let idx = blocks
                     .partition_point(|b| b.first_offset <= self.next)
                     .saturating_sub(1);
@@ -126,7 +134,7 @@ impl Cursor {
                     ScanItem::Frame(f) if f.end_offset() <= self.next => {}
                     ScanItem::Frame(f) => {
                         return Some(InFrame {
-                            block_idx: idx,
+                            block: block.clone(),
                             pos: f.payload_start,
                             left: f.count,
                             offset: f.first_offset,

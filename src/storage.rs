@@ -12,7 +12,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,6 +39,9 @@ pub(crate) struct Segment {
     /// Bumped after every completed write; `synced_gen` is the value seen by the last good sync.
     pub write_gen: AtomicU64,
     pub synced_gen: AtomicU64,
+    /// Blocks in this file that a writer may still write to. Retention only deletes a file
+    /// with none.
+    pub active: AtomicU32,
 }
 
 impl Segment {
@@ -73,6 +76,10 @@ pub(crate) struct Block {
     pub salt: u32,
     /// End (relative to `pos`) of the last completely written frame.
     pub frames_end: AtomicU64,
+    /// One past the last entry in the block (published with `frames_end`).
+    pub end_offset: AtomicU64,
+    /// Payload bytes of the entries in the block.
+    pub bytes: AtomicU64,
 }
 
 impl Block {
@@ -153,6 +160,7 @@ pub(crate) fn create_segment(dir: &Path, min_ms: u64, len: u64) -> io::Result<Se
             poisoned: AtomicBool::new(false),
             write_gen: AtomicU64::new(0),
             synced_gen: AtomicU64::new(0),
+            active: AtomicU32::new(0),
         })
     };
     match build() {
@@ -199,7 +207,6 @@ pub(crate) struct RecoveredBlock {
     pub block: Arc<Block>,
     /// Offsets of the valid frames, as contiguous runs.
     pub runs: Vec<Range<u64>>,
-    pub bytes: u64,
 }
 
 /// What recovery found in a namespace directory.
@@ -273,6 +280,7 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Recovered> {
             poisoned: AtomicBool::new(false),
             write_gen: AtomicU64::new(0),
             synced_gen: AtomicU64::new(0),
+            active: AtomicU32::new(0),
         });
         for b in blocks {
             let block = Arc::new(Block {
@@ -283,11 +291,14 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Recovered> {
                 first_offset: b.first_offset,
                 salt: format::block_salt(segment_id, b.pos),
                 frames_end: AtomicU64::new(b.frames_end),
+                end_offset: AtomicU64::new(
+                    b.runs.iter().map(|r| r.end).max().unwrap_or(b.first_offset),
+                ),
+                bytes: AtomicU64::new(b.bytes),
             });
             out.topics.entry(b.topic).or_default().push(RecoveredBlock {
                 block,
                 runs: b.runs,
-                bytes: b.bytes,
             });
         }
         out.segments.push(segment);
@@ -517,6 +528,7 @@ impl Allocator {
             };
             let pos = st.next_pos;
             st.next_pos += len;
+            seg.active.fetch_add(1, Ordering::AcqRel);
             return Ok((seg, pos, len));
         }
         let seg_len = self.segment_bytes.max(len + PAGE);
@@ -541,6 +553,7 @@ impl Allocator {
         lock(&self.registry).insert(segment.ms, segment.clone());
         st.current = Some(segment.clone());
         st.next_pos = PAGE + len;
+        segment.active.fetch_add(1, Ordering::AcqRel);
         if st.spare.is_none() {
             let (dir, ms, size) = (self.dir.clone(), st.next_ms, self.segment_bytes);
             st.next_ms += 1;
@@ -575,6 +588,16 @@ impl Allocator {
 
     pub(crate) fn segments(&self) -> Vec<Arc<Segment>> {
         lock(&self.registry).values().cloned().collect()
+    }
+
+    /// The segment new blocks come from (never deleted by retention).
+    pub(crate) async fn current_ms(&self) -> Option<u64> {
+        self.state.lock().await.current.as_ref().map(|s| s.ms)
+    }
+
+    /// Drops `ms` from the live segments.
+    pub(crate) fn forget(&self, ms: u64) -> Option<Arc<Segment>> {
+        lock(&self.registry).remove(&ms)
     }
 }
 

@@ -51,6 +51,9 @@ pub(crate) struct Topic {
     pub oldest: AtomicU64,
     /// Offsets that hold no entry (lost to damage, or consumed by a failed write).
     pub gaps: Mutex<Vec<Range<u64>>>,
+    /// Ranges above `oldest` whose blocks retention deleted (every consumer had passed them
+    /// while older blocks were still pinned by another topic's consumers).
+    pub holes: Mutex<Vec<Range<u64>>>,
     /// Payload bytes retained.
     pub bytes: AtomicU64,
     /// The writer's queue; `None` until the first append of this lifetime, and after close.
@@ -65,6 +68,7 @@ impl Topic {
             visible: watch::Sender::new(next),
             oldest: AtomicU64::new(0),
             gaps: Mutex::new(Vec::new()),
+            holes: Mutex::new(Vec::new()),
             bytes: AtomicU64::new(0),
             tx: Mutex::new(None),
         }
@@ -105,9 +109,60 @@ impl Topic {
             .push(b);
     }
 
+    /// Drops a block deleted by retention. Removing the first block moves `oldest` up to the
+    /// next one; removing a later one leaves a hole.
+    pub fn remove_block(&self, b: &Arc<Block>) {
+        let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+        let Some(idx) = blocks.iter().position(|x| Arc::ptr_eq(x, b)) else {
+            return;
+        };
+        blocks.remove(idx);
+        self.bytes
+            .fetch_sub(b.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        let first = blocks.first().map(|f| f.first_offset);
+        drop(blocks);
+        let mut holes = crate::storage::lock(&self.holes);
+        if idx == 0 {
+            let oldest = first.unwrap_or_else(|| self.next_offset());
+            let oldest = self.oldest.fetch_max(oldest, Ordering::AcqRel).max(oldest);
+            holes.retain(|h| h.end > oldest);
+        } else {
+            holes.push(b.first_offset..b.end_offset.load(Ordering::Acquire));
+        }
+    }
+
+    /// Where the retained entries go on if `offset` lies in a deleted hole (adjacent holes
+    /// are followed to their common end).
+    pub fn hole_end(&self, offset: u64) -> Option<u64> {
+        let holes = crate::storage::lock(&self.holes);
+        let mut end = holes.iter().find(|h| h.contains(&offset))?.end;
+        while let Some(h) = holes.iter().find(|h| h.contains(&end)) {
+            end = h.end;
+        }
+        Some(end)
+    }
+
     pub fn retained_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+}
+
+/// Checks a consumer name: 1..=255 bytes, no NUL (`""` is the default consumer, reached
+/// through `subscribe` and the polling reads).
+pub(crate) fn validate_consumer(consumer: &str) -> Result<()> {
+    let reason = if consumer.is_empty() {
+        "must not be empty (the default consumer is `subscribe`)"
+    } else if consumer.len() > MAX_TOPIC_LEN {
+        "longer than 255 bytes"
+    } else if consumer.contains('\0') {
+        "contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidConsumer {
+        consumer: consumer.chars().take(300).collect(),
+        reason,
+    })
 }
 
 /// Checks a topic name: 1..=255 bytes, no NUL.

@@ -19,8 +19,10 @@ use crate::durability::{self, Durability};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::reader::Cursor;
+use crate::retention;
 use crate::storage::{self, Allocator, lock};
-use crate::topic::{Payload, Request, Topic, validate_topic};
+use crate::stream::{ConsumerState, TopicStream};
+use crate::topic::{Payload, Request, Topic, validate_consumer, validate_topic};
 
 /// One entry of a topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +56,9 @@ pub struct Stats {
     pub checksum_failures: u64,
     /// The I/O engine in use.
     pub backend: IoBackend,
+    /// Backlog of every registered consumer (the default consumer of a topic once it has
+    /// consumed something), sorted by topic and consumer.
+    pub consumers: Vec<ConsumerLag>,
 }
 
 #[derive(Default)]
@@ -67,15 +72,18 @@ pub(crate) struct Counters {
     pub checksum_failures: AtomicU64,
 }
 
-/// The default consumer's polling cursor of one topic.
-struct PollCursor {
-    cursor: tokio::sync::Mutex<Cursor>,
-    /// Mirror of `cursor.next` readable without awaiting.
-    next: AtomicU64,
-    /// Where the cursor started this lifetime: not having moved from it means nothing was
-    /// consumed, and nothing needs persisting (or registering) at close.
-    start: u64,
+/// Backlog of one registered consumer, in [`Stats::consumers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerLag {
+    /// The topic.
+    pub topic: String,
+    /// The consumer (`""`: the topic's default consumer).
+    pub consumer: String,
+    /// Entries it has not acknowledged yet.
+    pub lag: u64,
 }
+
+type ConsumerKey = (Arc<str>, Arc<str>);
 
 /// State shared by the handle and the background tasks.
 pub(crate) struct Shared {
@@ -85,15 +93,19 @@ pub(crate) struct Shared {
     pub alloc: Allocator,
     pub durability: Durability,
     pub stats: Counters,
-    checkpoints: CheckpointStore,
+    pub checkpoints: Arc<CheckpointStore>,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
-    cursors: Mutex<HashMap<Arc<str>, Arc<PollCursor>>>,
+    consumers: Mutex<HashMap<ConsumerKey, Arc<ConsumerState>>>,
     writers: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
     closing: tokio::sync::Mutex<bool>,
     stop: watch::Sender<bool>,
-    durability_task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     lock_file: Mutex<Option<File>>,
+    /// Wakes the retention task (a checkpoint was persisted).
+    pub retention_wake: tokio::sync::Notify,
+    /// One retention pass at a time.
+    pub retention_lock: tokio::sync::Mutex<()>,
 }
 
 struct Inner {
@@ -240,21 +252,32 @@ impl Walrus {
             alloc,
             durability,
             stats,
-            checkpoints,
+            checkpoints: Arc::new(checkpoints),
             topics: RwLock::new(topics),
-            cursors: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(HashMap::new()),
             writers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             closing: tokio::sync::Mutex::new(false),
             stop,
-            durability_task: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
             lock_file: Mutex::new(Some(lock_file)),
+            retention_wake: tokio::sync::Notify::new(),
+            retention_lock: tokio::sync::Mutex::new(()),
         });
-        let task = tokio::spawn(durability::run(shared.clone(), durability_rx, stop_rx));
-        *lock(&shared.durability_task) = Some(task);
-        Ok(Walrus {
-            inner: Arc::new(Inner { shared }),
-        })
+        let wal = Walrus {
+            inner: Arc::new(Inner {
+                shared: shared.clone(),
+            }),
+        };
+        // Files of earlier lifetimes that every consumer has passed go now.
+        let deleted = retention::pass(&shared).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "reclaimed segments consumed before this open");
+        }
+        let durability = tokio::spawn(durability::run(shared.clone(), durability_rx, stop_rx));
+        let retention = tokio::spawn(retention::run(shared.clone(), shared.stop.subscribe()));
+        lock(&shared.tasks).extend([durability, retention]);
+        Ok(wal)
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -400,25 +423,10 @@ impl Walrus {
         Ok(tx)
     }
 
-    fn poll_cursor(&self, topic: &Arc<Topic>) -> Arc<PollCursor> {
-        let shared = self.shared();
-        let mut cursors = lock(&shared.cursors);
-        cursors
-            .entry(topic.name.clone())
-            .or_insert_with(|| {
-                let oldest = topic.oldest.load(Ordering::Acquire);
-                let next = shared
-                    .checkpoints
-                    .get(&topic.name, "")
-                    .unwrap_or(oldest)
-                    .max(oldest);
-                Arc::new(PollCursor {
-                    cursor: tokio::sync::Mutex::new(Cursor::new(next)),
-                    next: AtomicU64::new(next),
-                    start: next,
-                })
-            })
-            .clone()
+    /// The live state of `(topic, consumer)`, created at its persisted checkpoint (or the
+    /// oldest retained entry).
+    fn consumer_state(&self, topic: &Arc<Topic>, consumer: &str) -> Arc<ConsumerState> {
+        self.shared().consumer_state(topic, consumer)
     }
 
     /// Reads the next entry of `topic` for the default consumer.
@@ -464,9 +472,16 @@ impl Walrus {
         let Some(t) = self.topic(topic) else {
             return Ok(Vec::new());
         };
-        let pc = self.poll_cursor(&t);
-        let mut guard = pc.cursor.lock().await;
+        let state = self.consumer_state(&t, "");
+        let mut guard = state.poll.lock().await;
+        if state.busy.load(Ordering::Acquire) {
+            return Err(state.busy_error());
+        }
         let mut cursor = guard.clone();
+        let acked = state.acked.load(Ordering::Acquire);
+        if cursor.next != acked {
+            cursor.reset(acked); // a stream of this consumer moved it
+        }
         let oldest = t.oldest.load(Ordering::Acquire);
         if cursor.next < oldest {
             cursor.reset(oldest);
@@ -484,20 +499,19 @@ impl Walrus {
             }
         };
         if due {
-            let shared = self.shared();
-            shared
-                .checkpoints
-                .persist(&shared.io, topic, "", cursor.next)
+            self.shared()
+                .persist_checkpoint(&state, cursor.next)
                 .await?;
         }
-        pc.next.store(cursor.next, Ordering::Release);
+        state.acked.store(cursor.next, Ordering::Release);
         *guard = cursor;
         Ok(out)
     }
 
     /// Reads entries of `topic` from `offset` on, without touching any cursor. Same
     /// `max_bytes` rule as [`batch_read`](Self::batch_read). At or past the end, or on an
-    /// unknown topic: empty. Below the oldest retained offset: [`Error::Truncated`].
+    /// unknown topic: empty. Below the oldest retained offset, or inside a range retention
+    /// deleted: [`Error::Truncated`] (its `oldest` is where retained entries go on).
     pub async fn read_at(&self, topic: &str, offset: u64, max_bytes: usize) -> Result<Vec<Entry>> {
         self.check_open()?;
         validate_topic(topic)?;
@@ -511,10 +525,137 @@ impl Walrus {
                 oldest,
             });
         }
+        if let Some(end) = t.hole_end(offset) {
+            return Err(Error::Truncated {
+                requested: offset,
+                oldest: end,
+            });
+        }
         let mut cursor = Cursor::new(offset);
         let mut out = Vec::new();
         cursor.read(&t, max_bytes, usize::MAX, &mut out);
         Ok(out)
+    }
+
+    /// A tailing stream of `topic` for its default consumer: the cursor `read_next` and
+    /// `batch_read` use, so while the stream lives they get [`Error::ConsumerBusy`].
+    ///
+    /// Subscribing to a topic with no entries yet is fine: the stream waits.
+    pub fn subscribe(&self, topic: &str) -> Result<TopicStream> {
+        self.subscribe_inner(topic, "")
+    }
+
+    /// A tailing stream of `topic` for the named `consumer`, which has its own durable
+    /// checkpoint. A consumer is registered on first use (durably, before the stream yields
+    /// its first item) and from then on pins the data it has not acknowledged against
+    /// retention, until [`remove_consumer`](Self::remove_consumer). A new consumer starts at
+    /// the oldest retained entry.
+    ///
+    /// Names are 1..=255 bytes of UTF-8 without NUL ([`Error::InvalidConsumer`]). One live
+    /// stream per (topic, consumer): a second gets [`Error::ConsumerBusy`] until the first is
+    /// dropped.
+    pub fn subscribe_as(&self, topic: &str, consumer: &str) -> Result<TopicStream> {
+        validate_consumer(consumer)?;
+        self.subscribe_inner(topic, consumer)
+    }
+
+    fn subscribe_inner(&self, topic: &str, consumer: &str) -> Result<TopicStream> {
+        self.check_open()?;
+        validate_topic(topic)?;
+        let t = self.topic_or_create(topic);
+        let shared = self.shared();
+        let state = self.consumer_state(&t, consumer);
+        if !state.try_hold() {
+            return Err(state.busy_error());
+        }
+        // A polling read of the default consumer in flight holds this lock.
+        if state.poll.try_lock().is_err() {
+            state.busy.store(false, Ordering::Release);
+            return Err(state.busy_error());
+        }
+        let persisted = shared.checkpoints.get(topic, consumer);
+        let registration = match persisted {
+            None if !consumer.is_empty() && !shared.checkpoints.is_registered(topic, consumer) => {
+                let at = state.acked.load(Ordering::Acquire);
+                let fut = shared.checkpoints.register(&shared.io, topic, consumer, at);
+                Some(Box::pin(fut) as std::pin::Pin<Box<_>>)
+            }
+            _ => None,
+        };
+        let persisted = persisted.unwrap_or(state.start);
+        Ok(TopicStream::new(
+            shared.clone(),
+            t,
+            state,
+            persisted,
+            registration,
+        ))
+    }
+
+    /// The topic, created empty if unknown (streams may wait on topics nobody wrote yet).
+    fn topic_or_create(&self, name: &str) -> Arc<Topic> {
+        if let Some(t) = self.topic(name) {
+            return t;
+        }
+        let mut topics = self
+            .shared()
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        topics
+            .entry(Arc::from(name))
+            .or_insert_with(|| Arc::new(Topic::new(Arc::from(name), 0)))
+            .clone()
+    }
+
+    /// Forgets the named `consumer` of `topic`, durably: it no longer pins data, and a later
+    /// `subscribe_as` starts it afresh at the oldest retained entry. Fails with
+    /// [`Error::ConsumerBusy`] while a stream of it is live. Unknown consumers: `Ok`.
+    pub async fn remove_consumer(&self, topic: &str, consumer: &str) -> Result<()> {
+        self.check_open()?;
+        validate_topic(topic)?;
+        validate_consumer(consumer)?;
+        let shared = self.shared();
+        let key: ConsumerKey = (Arc::from(topic), Arc::from(consumer));
+        if let Some(state) = lock(&shared.consumers).get(&key)
+            && state.busy.load(Ordering::Acquire)
+        {
+            return Err(state.busy_error());
+        }
+        if shared.checkpoints.is_registered(topic, consumer) {
+            shared
+                .checkpoints
+                .remove(&shared.io, topic, consumer)
+                .await?;
+        }
+        lock(&shared.consumers).remove(&key);
+        shared.retention_wake.notify_one();
+        Ok(())
+    }
+
+    /// Entries of `topic` the consumer has not acknowledged (`""`: the default consumer).
+    /// `None` for a named consumer that is not registered.
+    pub fn consumer_lag(&self, topic: &str, consumer: &str) -> Option<u64> {
+        let shared = self.shared();
+        if !consumer.is_empty() && !shared.checkpoints.is_registered(topic, consumer) {
+            return None;
+        }
+        let Some(t) = self.topic(topic) else {
+            return Some(0);
+        };
+        let acked = self
+            .consumer_state(&t, consumer)
+            .acked
+            .load(Ordering::Acquire);
+        Some(t.entries_between(acked.max(t.oldest.load(Ordering::Acquire)), t.visible()))
+    }
+
+    /// Runs a retention pass now instead of waiting for the background task (which runs one
+    /// within about a second of a checkpoint moving). Returns the number of segment files
+    /// deleted.
+    pub async fn reclaim(&self) -> Result<u64> {
+        self.check_open()?;
+        retention::pass(self.shared()).await
     }
 
     /// Names of the topics that have entries or were appended to, sorted.
@@ -534,12 +675,8 @@ impl Walrus {
     /// Entries of `topic` the default consumer has not consumed yet (0 for unknown topics).
     pub fn entry_count(&self, topic: &str) -> u64 {
         let Some(t) = self.topic(topic) else { return 0 };
-        let pc = self.poll_cursor(&t);
-        let from = pc
-            .next
-            .load(Ordering::Acquire)
-            .max(t.oldest.load(Ordering::Acquire));
-        t.entries_between(from, t.visible())
+        let acked = self.consumer_state(&t, "").acked.load(Ordering::Acquire);
+        t.entries_between(acked.max(t.oldest.load(Ordering::Acquire)), t.visible())
     }
 
     /// Payload bytes of `topic` retained on disk (framing not counted).
@@ -560,7 +697,27 @@ impl Walrus {
             segments_deleted: s.segments_deleted.load(Ordering::Relaxed),
             checksum_failures: s.checksum_failures.load(Ordering::Relaxed),
             backend: self.shared().io.kind(),
+            consumers: self.lags(),
         }
+    }
+
+    fn lags(&self) -> Vec<ConsumerLag> {
+        let mut out: Vec<ConsumerLag> = self
+            .shared()
+            .checkpoints
+            .registered()
+            .into_iter()
+            .filter_map(|(topic, consumer, _)| {
+                let lag = self.consumer_lag(&topic, &consumer)?;
+                Some(ConsumerLag {
+                    topic,
+                    consumer,
+                    lag,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, &a.consumer).cmp(&(&b.topic, &b.consumer)));
+        out
     }
 
     /// Makes everything acknowledged so far durable, whatever the fsync schedule.
@@ -589,19 +746,16 @@ impl Walrus {
             let _ = w.await;
         }
         let mut result = Ok(());
-        // Persist default-consumer positions that AtLeastOnce has not written yet.
-        let cursors: Vec<_> = lock(&shared.cursors)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.next.load(Ordering::Acquire), v.start))
-            .collect();
-        for (topic, next, start) in cursors {
-            if next <= shared.checkpoints.get(&topic, "").unwrap_or(start) {
-                continue;
-            }
-            if let Err(e) = shared
+        // Persist consumer positions that AtLeastOnce has not written yet.
+        let states: Vec<_> = lock(&shared.consumers).values().cloned().collect();
+        for state in states {
+            let acked = state.acked.load(Ordering::Acquire);
+            let persisted = shared
                 .checkpoints
-                .persist(&shared.io, &topic, "", next)
-                .await
+                .get(&state.topic, &state.name)
+                .unwrap_or(state.start);
+            if acked > persisted
+                && let Err(e) = shared.persist_checkpoint(&state, acked).await
             {
                 result = Err(e);
             }
@@ -612,8 +766,8 @@ impl Walrus {
             result = Err(e);
         }
         shared.stop.send_replace(true);
-        let task = lock(&shared.durability_task).take();
-        if let Some(t) = task {
+        let tasks: Vec<_> = std::mem::take(&mut *lock(&shared.tasks));
+        for t in tasks {
             let _ = t.await;
         }
         shared.alloc.discard_spare().await;
@@ -626,6 +780,46 @@ impl Walrus {
 }
 
 impl Shared {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Fires when the log is closed or its last handle dropped.
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    pub(crate) fn all_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn consumer_state(&self, topic: &Arc<Topic>, consumer: &str) -> Arc<ConsumerState> {
+        let mut consumers = lock(&self.consumers);
+        let key: ConsumerKey = (topic.name.clone(), Arc::from(consumer));
+        consumers
+            .entry(key)
+            .or_insert_with_key(|(t, c)| {
+                let oldest = topic.oldest.load(Ordering::Acquire);
+                let at = self.checkpoints.get(t, c).unwrap_or(oldest).max(oldest);
+                Arc::new(ConsumerState::new(t.clone(), c.clone(), at))
+            })
+            .clone()
+    }
+
+    /// Durably records a consumer's checkpoint and lets retention look again.
+    pub(crate) async fn persist_checkpoint(&self, state: &ConsumerState, next: u64) -> Result<()> {
+        self.checkpoints
+            .persist(&self.io, &state.topic, &state.name, next)
+            .await?;
+        self.retention_wake.notify_one();
+        Ok(())
+    }
+
     /// Refuses new appends and closes every writer queue (queued requests still run).
     fn stop_accepting(&self) {
         let topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
@@ -705,7 +899,10 @@ fn build_topic(name: String, blocks: Vec<storage::RecoveredBlock>, floor: u64) -
     }
     topic.oldest.store(oldest, Ordering::Release);
     topic.bytes.store(
-        blocks.iter().map(|b| b.bytes).sum::<u64>(),
+        blocks
+            .iter()
+            .map(|b| b.block.bytes.load(Ordering::Relaxed))
+            .sum::<u64>(),
         Ordering::Relaxed,
     );
     for b in blocks {

@@ -69,6 +69,7 @@ pub(crate) async fn run(
         w.group(&mut reqs).await;
         reqs.clear();
     }
+    w.seal();
 }
 
 fn payload_bytes(p: &Payload) -> u64 {
@@ -129,6 +130,8 @@ impl Writer {
                     data_start: header as usize,
                     first_offset: self.next,
                     frames_end: header.into(),
+                    end_offset: self.next.into(),
+                    bytes: 0.into(),
                 });
                 BlockHeader {
                     segment_id: block.segment.id,
@@ -139,6 +142,7 @@ impl Writer {
                 .encode(pos, &mut buf);
                 self.topic.push_block(block.clone());
                 cur = Some((block.clone(), 0, i, self.next));
+                self.seal();
                 self.block = Some(block);
                 self.rel = header;
                 tracing::debug!(topic = %self.topic.name, pos, len, "block allocated");
@@ -248,13 +252,15 @@ impl Writer {
                 self.fail(reqs, &w, Some(e.duplicate()));
                 continue;
             }
-            w.block.frames_end.store(w.rel + w.len, Ordering::Release);
             let mut bytes = 0u64;
             let mut batches = 0u64;
             for r in &reqs[w.reqs.clone()] {
                 bytes += payload_bytes(&r.payload);
                 batches += u64::from(matches!(r.payload, Payload::Batch(_)));
             }
+            w.block.bytes.fetch_add(bytes, Ordering::Relaxed);
+            w.block.end_offset.store(w.offsets.end, Ordering::Release);
+            w.block.frames_end.store(w.rel + w.len, Ordering::Release);
             stats
                 .appends
                 .fetch_add(w.offsets.end - w.offsets.start, Ordering::Relaxed);
@@ -288,8 +294,16 @@ impl Writer {
             .as_ref()
             .is_some_and(|b| Arc::ptr_eq(b, &w.block))
         {
-            self.block = None;
+            self.seal();
             self.rel = 0;
+        }
+    }
+
+    /// Stops writing the current block: its segment may be reclaimed once nothing else is
+    /// written there.
+    fn seal(&mut self) {
+        if let Some(b) = self.block.take() {
+            b.segment.active.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

@@ -103,10 +103,26 @@ async fn reads_cross_many_blocks_and_segments() {
         }
     }
     assert_eq!(got, n);
-    // Random access anywhere.
+    // Random access anywhere still retained. Consuming everything lets retention delete the
+    // segments that hold only "t" (the first one also holds "other", which has no consumer).
+    wal.reclaim().await.unwrap();
     for o in [0, 99, 100, 1234, 2999] {
-        assert_eq!(wal.read_at("t", o, 0).await.unwrap()[0].offset, o);
+        match wal.read_at("t", o, 0).await {
+            Ok(e) => assert_eq!(e[0].offset, o),
+            Err(walrus_async::Error::Truncated { requested, oldest }) => {
+                assert_eq!(requested, o);
+                assert!(oldest > o);
+                assert_eq!(wal.read_at("t", oldest, 0).await.unwrap()[0].offset, oldest);
+            }
+            Err(e) => panic!("{e}"),
+        }
     }
+    assert_eq!(
+        wal.read_at("t", 0, 0).await.unwrap()[0].offset,
+        0,
+        "pinned by \"other\""
+    );
+    assert!(wal.stats().segments_deleted > 0);
 }
 
 #[tokio::test]

@@ -273,6 +273,15 @@ async fn offsets_never_go_below_a_persisted_checkpoint_after_a_lost_tail() {
     let frames = ten_frames(dir.path()).await;
     {
         let wal = reopen(dir.path()).await;
+        // A registered consumer that reads nothing keeps the file from being reclaimed once
+        // the default consumer has consumed everything (registration is durable once the
+        // stream yields).
+        let mut laggard = wal.subscribe_as("t", "laggard").unwrap();
+        futures::StreamExt::next(&mut laggard)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(laggard);
         for i in 0..10 {
             assert_eq!(wal.read_next("t", true).await.unwrap().unwrap().offset, i);
         }

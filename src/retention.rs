@@ -1,0 +1,155 @@
+//! Retention: deletes segment files nobody needs any more.
+//!
+//! A sealed segment (not the one new blocks come from, no block in it still being written) is
+//! deleted when, for every topic with a block in it, every registered consumer's *persisted*
+//! checkpoint is past that block. Topics without a registered consumer keep their data.
+//! Optional limits (`retention_bytes`, `retention_age`) delete the oldest sealed segments
+//! regardless of consumers; consumers that had not read the deleted entries get
+//! `Error::Truncated` once and go on from the oldest retained entry.
+//!
+//! One pass runs at open (files of earlier lifetimes), after checkpoints are persisted, and on a
+//! timer, in a task on the runtime that opened the log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::checkpoint::FLOOR;
+use crate::error::Result;
+use crate::storage::{Block, Segment};
+use crate::topic::Topic;
+use crate::wal::Shared;
+
+type TopicBlock = (Arc<Topic>, Arc<Block>);
+
+/// How often the task looks even when nothing asked it to.
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs retention passes until `stop` fires.
+pub(crate) async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            _ = shared.retention_wake.notified() => {}
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = pass(&shared).await {
+            tracing::warn!(error = %e, "retention pass failed; retrying later");
+        }
+    }
+}
+
+/// One pass. Returns the number of segment files deleted.
+pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
+    let _one_at_a_time = shared.retention_lock.lock().await;
+    let current = shared.alloc.current_ms().await;
+    let mut segments = shared.alloc.segments();
+    segments.sort_by_key(|s| s.ms);
+    let topics = shared.all_topics();
+
+    // Lowest persisted checkpoint per topic over its registered consumers (`None`: no consumer,
+    // nothing of the topic may go).
+    let mut need: HashMap<String, u64> = HashMap::new();
+    for (topic, _consumer, at) in shared.checkpoints.registered() {
+        let e = need.entry(topic).or_insert(u64::MAX);
+        *e = (*e).min(at);
+    }
+    let mut blocks_of: HashMap<u64, Vec<TopicBlock>> = HashMap::new();
+    for t in &topics {
+        for b in t.blocks().iter() {
+            blocks_of
+                .entry(b.segment.ms)
+                .or_default()
+                .push((t.clone(), b.clone()));
+        }
+    }
+    let sealed = |s: &Segment| Some(s.ms) != current && s.active.load(Ordering::Acquire) == 0;
+
+    let mut doomed: Vec<(Arc<Segment>, bool)> = Vec::new(); // (segment, forced by a limit)
+    for s in segments.iter().filter(|s| sealed(s)) {
+        let consumed = blocks_of.get(&s.ms).is_none_or(|blocks| {
+            blocks.iter().all(|(t, b)| {
+                need.get(&*t.name)
+                    .is_some_and(|&n| b.end_offset.load(Ordering::Acquire) <= n)
+            })
+        });
+        if consumed {
+            doomed.push((s.clone(), false));
+        }
+    }
+    let cfg = &shared.config;
+    if cfg.retention_bytes.is_some() || cfg.retention_age.is_some() {
+        let mut total: u64 = segments.iter().map(|s| s.len).sum();
+        total -= doomed.iter().map(|(s, _)| s.len).sum::<u64>();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for s in segments.iter().filter(|s| sealed(s)) {
+            if doomed.iter().any(|(d, _)| d.ms == s.ms) {
+                continue;
+            }
+            let over_size = cfg.retention_bytes.is_some_and(|max| total > max);
+            let too_old = cfg
+                .retention_age
+                .is_some_and(|age| now_ms.saturating_sub(s.ms) > age.as_millis() as u64);
+            if over_size || too_old {
+                total -= s.len;
+                doomed.push((s.clone(), true));
+            }
+        }
+    }
+    let mut deleted = 0;
+    for (s, forced) in doomed {
+        delete(
+            shared,
+            &s,
+            blocks_of.remove(&s.ms).unwrap_or_default(),
+            forced,
+        )
+        .await?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+async fn delete(
+    shared: &Shared,
+    s: &Arc<Segment>,
+    blocks: Vec<TopicBlock>,
+    forced: bool,
+) -> Result<()> {
+    // Before entries that not every consumer has passed disappear, make sure the topic's next
+    // offset survives a restart even if nothing of it is left on disk.
+    if forced {
+        let mut seen: Vec<&Arc<Topic>> = Vec::new();
+        for (t, _) in &blocks {
+            if !seen.iter().any(|x| Arc::ptr_eq(x, t)) {
+                seen.push(t);
+                shared
+                    .checkpoints
+                    .persist(&shared.io, &t.name, FLOOR, t.next_offset())
+                    .await?;
+            }
+        }
+    }
+    for (t, b) in &blocks {
+        t.remove_block(b);
+    }
+    shared.alloc.forget(s.ms);
+    let (path, dir) = (s.path.clone(), shared.dir.clone());
+    crate::io::blocking(move || {
+        std::fs::remove_file(&path)?;
+        crate::io::sync_dir(&dir)
+    })
+    .await?;
+    shared
+        .stats
+        .segments_deleted
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(path = %s.path.display(), forced, "segment deleted");
+    Ok(())
+}
