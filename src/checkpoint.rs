@@ -216,7 +216,9 @@ impl CheckpointStore {
 
     /// Durably forgets `(topic, consumer)`.
     pub(crate) async fn remove(&self, io: &Io, topic: &str, consumer: &str) -> Result<()> {
-        self.write(io, OP_REMOVE, topic, consumer, 0, true).await
+        self.write(io, OP_REMOVE, topic, consumer, 0, true).await?;
+        lock(&self.pins).remove(&(topic.to_owned(), consumer.to_owned()));
+        Ok(())
     }
 
     /// Whether `(topic, consumer)` is registered (persisted or pending).

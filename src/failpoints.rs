@@ -39,6 +39,9 @@ struct Inner {
     paused: watch::Sender<bool>,
     /// Number of writes waiting at the pause.
     blocked: watch::Sender<u32>,
+    /// The same for syncs.
+    syncs_paused: watch::Sender<bool>,
+    syncs_blocked: watch::Sender<u32>,
 }
 
 impl Default for FailPoints {
@@ -58,6 +61,8 @@ impl FailPoints {
                 sync_errno: AtomicI32::new(libc::EIO),
                 paused: watch::Sender::new(false),
                 blocked: watch::Sender::new(0),
+                syncs_paused: watch::Sender::new(false),
+                syncs_blocked: watch::Sender::new(0),
             }),
         }
     }
@@ -90,18 +95,40 @@ impl FailPoints {
         let _ = rx.wait_for(|b| *b >= n).await;
     }
 
+    /// fdatasyncs wait (before reaching the disk) until [`resume_syncs`](Self::resume_syncs):
+    /// a disk whose flushes are slow.
+    pub fn pause_syncs(&self) {
+        self.inner.syncs_paused.send_replace(true);
+    }
+
+    /// Lets paused syncs go on.
+    pub fn resume_syncs(&self) {
+        self.inner.syncs_paused.send_replace(false);
+    }
+
+    /// Waits until at least `n` syncs are waiting at the pause.
+    pub async fn syncs_blocked(&self, n: u32) {
+        let mut rx = self.inner.syncs_blocked.subscribe();
+        let _ = rx.wait_for(|b| *b >= n).await;
+    }
+
     pub(crate) async fn before_write(&self) -> io::Result<()> {
-        let mut paused = self.inner.paused.subscribe();
-        if *paused.borrow() {
-            self.inner.blocked.send_modify(|b| *b += 1);
-            let _ = paused.wait_for(|p| !*p).await;
-            self.inner.blocked.send_modify(|b| *b -= 1);
-        }
+        gate(&self.inner.paused, &self.inner.blocked).await;
         take(&self.inner.writes, &self.inner.write_errno)
     }
 
-    pub(crate) fn before_sync(&self) -> io::Result<()> {
+    pub(crate) async fn before_sync(&self) -> io::Result<()> {
+        gate(&self.inner.syncs_paused, &self.inner.syncs_blocked).await;
         take(&self.inner.syncs, &self.inner.sync_errno)
+    }
+}
+
+async fn gate(paused: &watch::Sender<bool>, blocked: &watch::Sender<u32>) {
+    let mut rx = paused.subscribe();
+    if *rx.borrow() {
+        blocked.send_modify(|b| *b += 1);
+        let _ = rx.wait_for(|p| !*p).await;
+        blocked.send_modify(|b| *b -= 1);
     }
 }
 

@@ -47,7 +47,8 @@ pub struct Stats {
     pub fsyncs: u64,
     /// Write operations submitted to the I/O engine (one per group commit, usually).
     pub write_submissions: u64,
-    /// Live segment files.
+    /// Live segment files holding the log (the one spare file created ahead of need is not
+    /// counted).
     pub segments: u64,
     /// Segment files deleted by retention.
     pub segments_deleted: u64,
@@ -576,8 +577,15 @@ impl Walrus {
         let persisted = shared.checkpoints.get(topic, consumer);
         let registration = match persisted {
             None if !consumer.is_empty() && !shared.checkpoints.is_registered(topic, consumer) => {
+                // Registration happens whether or not the stream is ever polled; the stream
+                // waits for it to be durable before its first item.
                 let at = state.acked.load(Ordering::Acquire);
-                let fut = shared.checkpoints.register(&shared.io, topic, consumer, at);
+                let task =
+                    tokio::spawn(shared.checkpoints.register(&shared.io, topic, consumer, at));
+                let fut = async move {
+                    task.await
+                        .unwrap_or_else(|e| Err(Error::Io(std::io::Error::other(e))))
+                };
                 Some(Box::pin(fut) as std::pin::Pin<Box<_>>)
             }
             _ => None,

@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 
 use walrus_async::{FsyncSchedule, Walrus};
@@ -100,15 +100,16 @@ fn kill_9_while_appending_loses_nothing_acknowledged() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
         let kill_after = 40 + (round as usize * 97) % 400;
         let mut seen = 0;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let mut parts = line.split_whitespace();
-            if parts.next() != Some("ACK") {
+        for line in common::lines_with_deadline(&mut child, std::time::Duration::from_secs(60)) {
+            // The harness prints "test name ... " without a newline, so the first
+            // acknowledgement shares its line: look for the marker anywhere.
+            let Some(at) = line.find("ACK ") else {
                 continue;
-            }
+            };
+            let mut parts = line[at..].split_whitespace();
+            parts.next();
             let topic = parts.next().unwrap().to_owned();
             let first: u64 = parts.next().unwrap().parse().unwrap();
             let count: u64 = parts.next().unwrap().parse().unwrap();

@@ -115,7 +115,7 @@ impl Io {
     pub(crate) async fn sync_data(&self, file: &Arc<File>) -> io::Result<()> {
         #[cfg(feature = "failpoints")]
         if let Some(f) = &self.faults {
-            f.before_sync()?;
+            f.before_sync().await?;
         }
         match &self.engine {
             Engine::Blocking => {

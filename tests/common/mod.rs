@@ -86,3 +86,48 @@ pub async fn open_when_unlocked(builder: impl Fn() -> WalrusBuilder) -> Walrus {
     }
     panic!("the directory lock was never released");
 }
+
+/// Lines of a child's stdout, each within `limit` or the child is killed and the test fails:
+/// a hung child must fail the test, not hang CI.
+pub fn lines_with_deadline(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> impl Iterator<Item = String> + use<> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::iter::from_fn(move || match rx.recv_timeout(limit) {
+        Ok(line) => Some(line),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            // SAFETY: plain syscall; the child is ours and not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the child printed nothing for {limit:?}");
+        }
+    })
+}
+
+/// Like [`all_entries`], from `from` on.
+pub async fn all_entries_from(wal: &Walrus, topic: &str, from: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let got = wal.read_at(topic, next, 1 << 20).await.unwrap();
+        if got.is_empty() {
+            return out;
+        }
+        for e in got {
+            next = e.offset + 1;
+            out.push((e.offset, e.data.to_vec()));
+        }
+    }
+}
