@@ -33,6 +33,17 @@ const COMPACT_AT: u64 = 4 << 20;
 
 type Key = (String, String);
 
+/// What a record write is for: it decides when the write is skipped.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Move a checkpoint forward (skipped if not forward, or for an unregistered named consumer).
+    Update,
+    /// Register a consumer (skipped if the registration was withdrawn meanwhile).
+    Register,
+    /// Forget a consumer.
+    Remove,
+}
+
 /// Reserved consumer name of a topic's "floor" record: the next offset the topic hands out,
 /// written before retention deletes a topic's last entries so offsets never go backwards.
 /// Consumer names cannot contain NUL, so it cannot clash with a real consumer.
@@ -192,7 +203,8 @@ impl CheckpointStore {
         consumer: &str,
         offset: u64,
     ) -> Result<()> {
-        self.write(io, OP_SET, topic, consumer, offset, false).await
+        self.write(io, OP_SET, topic, consumer, offset, Mode::Update)
+            .await
     }
 
     /// Registers `(topic, consumer)` at `offset` at once in memory (it pins data from then on)
@@ -208,7 +220,9 @@ impl CheckpointStore {
         lock(&self.pins).insert(key.clone(), offset);
         let (store, io) = (self.clone(), io.clone());
         async move {
-            let res = store.write(&io, OP_SET, &key.0, &key.1, offset, true).await;
+            let res = store
+                .write(&io, OP_SET, &key.0, &key.1, offset, Mode::Register)
+                .await;
             lock(&store.pins).remove(&key);
             res
         }
@@ -216,9 +230,10 @@ impl CheckpointStore {
 
     /// Durably forgets `(topic, consumer)`.
     pub(crate) async fn remove(&self, io: &Io, topic: &str, consumer: &str) -> Result<()> {
-        self.write(io, OP_REMOVE, topic, consumer, 0, true).await?;
+        // A registration still pending must not land after the removal.
         lock(&self.pins).remove(&(topic.to_owned(), consumer.to_owned()));
-        Ok(())
+        self.write(io, OP_REMOVE, topic, consumer, 0, Mode::Remove)
+            .await
     }
 
     /// Whether `(topic, consumer)` is registered (persisted or pending).
@@ -246,10 +261,24 @@ impl CheckpointStore {
         topic: &str,
         consumer: &str,
         offset: u64,
-        always: bool,
+        mode: Mode,
     ) -> Result<()> {
         let mut file = self.file.lock().await;
-        if !always && self.get(topic, consumer).is_some_and(|v| v >= offset) {
+        // Decided under the file lock, so it is ordered against removals.
+        let key = (topic.to_owned(), consumer.to_owned());
+        let skip = match mode {
+            Mode::Update => {
+                let current = lock(&self.values).get(&key).copied();
+                let named = !consumer.is_empty() && consumer != FLOOR;
+                // An update never (re)creates a named consumer: a late persist of a dropped
+                // stream must not bring back a consumer removed in the meantime.
+                current.is_some_and(|v| v >= offset)
+                    || (named && current.is_none() && !lock(&self.pins).contains_key(&key))
+            }
+            Mode::Register => !lock(&self.pins).contains_key(&key),
+            Mode::Remove => false,
+        };
+        if skip {
             return Ok(());
         }
         let mut buf = Vec::with_capacity(32 + topic.len() + consumer.len());
@@ -259,7 +288,6 @@ impl CheckpointStore {
         res?;
         io.sync_data(&file.0).await?;
         file.1 += len;
-        let key = (topic.to_owned(), consumer.to_owned());
         let v = {
             let mut values = lock(&self.values);
             if op == OP_REMOVE {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::format::{Frame, FrameEntries, FrameScan, ScanItem};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::storage::Block;
 use crate::topic::Topic;
@@ -77,6 +78,10 @@ impl Cursor {
                 continue;
             };
             let offset = at.offset;
+            // A jump over a range retention deleted is for the caller to report, not to skip.
+            if offset > self.next && topic.hole_end(self.next).is_some() {
+                break;
+            }
             if offset >= self.next {
                 if out.len() > start_len && total + range.len() > max_bytes {
                     break;
@@ -96,7 +101,16 @@ impl Cursor {
 
     /// Positions `self.at` in the frame holding `self.next` (or the first entry after it).
     fn position(&mut self, topic: &Topic) -> bool {
-        let usable = |a: &InFrame, next: u64| a.left > 0 && a.offset <= next;
+        let usable = |a: &InFrame, next: u64| {
+            a.left > 0 && a.offset <= next && !a.block.segment.deleted.load(Ordering::Acquire)
+        };
+        if self
+            .at
+            .as_ref()
+            .is_some_and(|a| a.block.segment.deleted.load(Ordering::Acquire))
+        {
+            self.at = None; // let go of the deleted file's mapping
+        }
         if !self.at.as_ref().is_some_and(|a| usable(a, self.next)) {
             match self.seek_frame(topic) {
                 Some(found) => self.at = Some(found),

@@ -46,9 +46,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Recei
 /// One pass. Returns the number of segment files deleted.
 pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
     let _one_at_a_time = shared.retention_lock.lock().await;
-    let current = shared.alloc.current_ms().await;
+    // Registry first, then the current segment: one that became current in between is not in
+    // the snapshot, and anything at or after `current` counts as still being written.
     let mut segments = shared.alloc.segments();
     segments.sort_by_key(|s| s.ms);
+    let current = shared.alloc.current_ms().await;
     let topics = shared.all_topics();
 
     // Lowest persisted checkpoint per topic over its registered consumers (`None`: no consumer,
@@ -67,7 +69,8 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
                 .push((t.clone(), b.clone()));
         }
     }
-    let sealed = |s: &Segment| Some(s.ms) != current && s.active.load(Ordering::Acquire) == 0;
+    let sealed =
+        |s: &Segment| current.is_none_or(|c| s.ms < c) && s.active.load(Ordering::Acquire) == 0;
 
     let mut doomed: Vec<(Arc<Segment>, bool)> = Vec::new(); // (segment, forced by a limit)
     for s in segments.iter().filter(|s| sealed(s)) {
@@ -122,30 +125,30 @@ async fn delete(
     blocks: Vec<TopicBlock>,
     forced: bool,
 ) -> Result<()> {
-    // Before entries that not every consumer has passed disappear, make sure the topic's next
-    // offset survives a restart even if nothing of it is left on disk.
-    if forced {
-        let mut seen: Vec<&Arc<Topic>> = Vec::new();
-        for (t, _) in &blocks {
-            if !seen.iter().any(|x| Arc::ptr_eq(x, t)) {
-                seen.push(t);
-                shared
-                    .checkpoints
-                    .persist(&shared.io, &t.name, FLOOR, t.next_offset())
-                    .await?;
-            }
+    // Make each topic's next offset survive a restart even if nothing of it is left on disk
+    // and its consumers are later removed (a no-op when the floor is already that high).
+    let mut seen: Vec<&Arc<Topic>> = Vec::new();
+    for (t, _) in &blocks {
+        if !seen.iter().any(|x| Arc::ptr_eq(x, t)) {
+            seen.push(t);
+            shared
+                .checkpoints
+                .persist(&shared.io, &t.name, FLOOR, t.next_offset())
+                .await?;
         }
     }
-    for (t, b) in &blocks {
-        t.remove_block(b);
-    }
-    shared.alloc.forget(s.ms);
+    // Unlink first: if that fails, nothing in memory changed and a later pass retries.
     let (path, dir) = (s.path.clone(), shared.dir.clone());
     crate::io::blocking(move || {
         std::fs::remove_file(&path)?;
         crate::io::sync_dir(&dir)
     })
     .await?;
+    s.deleted.store(true, Ordering::Release);
+    for (t, b) in &blocks {
+        t.remove_block(b);
+    }
+    shared.alloc.forget(s.ms);
     shared
         .stats
         .segments_deleted

@@ -42,6 +42,8 @@ pub(crate) struct Segment {
     /// Blocks in this file that a writer may still write to. Retention only deletes a file
     /// with none.
     pub active: AtomicU32,
+    /// Deleted by retention: readers drop what they cached of it.
+    pub deleted: AtomicBool,
 }
 
 impl Segment {
@@ -161,6 +163,7 @@ pub(crate) fn create_segment(dir: &Path, min_ms: u64, len: u64) -> io::Result<Se
             write_gen: AtomicU64::new(0),
             synced_gen: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            deleted: AtomicBool::new(false),
         })
     };
     match build() {
@@ -281,6 +284,7 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Recovered> {
             write_gen: AtomicU64::new(0),
             synced_gen: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            deleted: AtomicBool::new(false),
         });
         for b in blocks {
             let block = Arc::new(Block {
@@ -550,10 +554,11 @@ impl Allocator {
         };
         st.next_ms = st.next_ms.max(segment.ms + 1);
         let segment = Arc::new(segment);
+        // Counted as written to before retention can see it in the registry.
+        segment.active.fetch_add(1, Ordering::AcqRel);
         lock(&self.registry).insert(segment.ms, segment.clone());
         st.current = Some(segment.clone());
         st.next_pos = PAGE + len;
-        segment.active.fetch_add(1, Ordering::AcqRel);
         if st.spare.is_none() {
             let (dir, ms, size) = (self.dir.clone(), st.next_ms, self.segment_bytes);
             st.next_ms += 1;

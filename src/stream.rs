@@ -188,16 +188,16 @@ impl TopicStream {
             return Err(Error::Closed);
         }
         let invalid = |reason| Error::InvalidAck { offset, reason };
+        let current = self.state.acked.load(Ordering::Acquire);
+        let next = offset.saturating_add(1);
+        if next == current {
+            return Ok(()); // the last acknowledged offset again
+        }
         if offset >= self.delivered_end {
             return Err(invalid("never delivered by this stream"));
         }
-        let current = self.state.acked.load(Ordering::Acquire);
-        let next = offset + 1;
         if next < current {
             return Err(invalid("below the last acknowledged offset"));
-        }
-        if next == current {
-            return Ok(());
         }
         self.state.acked.store(next, Ordering::Release);
         let due = match self.shared.config.consistency {
@@ -293,7 +293,12 @@ impl TopicStream {
                 return Poll::Ready(None);
             }
             let oldest = self.topic.oldest.load(Ordering::Acquire);
-            if self.cursor.next < oldest {
+            let resume = if self.cursor.next < oldest {
+                Some(oldest)
+            } else {
+                self.topic.hole_end(self.cursor.next)
+            };
+            if let Some(oldest) = resume {
                 let requested = self.cursor.next;
                 self.cursor.reset(oldest);
                 return Poll::Ready(Some(Err(Error::Truncated { requested, oldest })));

@@ -84,11 +84,15 @@ impl Topic {
         if from >= to {
             return 0;
         }
-        let gaps = crate::storage::lock(&self.gaps);
-        let missing: u64 = gaps
+        let overlap = |g: &Range<u64>| g.end.min(to).saturating_sub(g.start.max(from));
+        let missing: u64 = crate::storage::lock(&self.gaps)
             .iter()
-            .map(|g| g.end.min(to).saturating_sub(g.start.max(from)))
-            .sum();
+            .map(overlap)
+            .sum::<u64>()
+            + crate::storage::lock(&self.holes)
+                .iter()
+                .map(overlap)
+                .sum::<u64>();
         (to - from).saturating_sub(missing)
     }
 

@@ -270,10 +270,12 @@ impl Walrus {
                 shared: shared.clone(),
             }),
         };
-        // Files of earlier lifetimes that every consumer has passed go now.
-        let deleted = retention::pass(&shared).await?;
-        if deleted > 0 {
-            tracing::info!(deleted, "reclaimed segments consumed before this open");
+        // Files of earlier lifetimes that every consumer has passed go now. A failure here is
+        // no reason to refuse the log: the background task retries.
+        match retention::pass(&shared).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "reclaimed segments consumed before this open"),
+            Err(e) => tracing::warn!(error = %e, "reclaiming at open failed; retrying later"),
         }
         let durability = tokio::spawn(durability::run(shared.clone(), durability_rx, stop_rx));
         let retention = tokio::spawn(retention::run(shared.clone(), shared.stop.subscribe()));
@@ -483,9 +485,20 @@ impl Walrus {
         if cursor.next != acked {
             cursor.reset(acked); // a stream of this consumer moved it
         }
+        // Retention limits deleted entries this consumer had not read: say so once, then go
+        // on from the oldest retained entry.
         let oldest = t.oldest.load(Ordering::Acquire);
-        if cursor.next < oldest {
+        let resume = if cursor.next < oldest {
+            Some(oldest)
+        } else {
+            t.hole_end(cursor.next)
+        };
+        if let Some(oldest) = resume {
+            let requested = cursor.next;
             cursor.reset(oldest);
+            state.acked.store(oldest, Ordering::Release);
+            *guard = cursor;
+            return Err(Error::Truncated { requested, oldest });
         }
         let mut out = Vec::new();
         cursor.read(&t, max_bytes, max_entries, &mut out);
@@ -580,13 +593,20 @@ impl Walrus {
                 // Registration happens whether or not the stream is ever polled; the stream
                 // waits for it to be durable before its first item.
                 let at = state.acked.load(Ordering::Acquire);
-                let task =
-                    tokio::spawn(shared.checkpoints.register(&shared.io, topic, consumer, at));
-                let fut = async move {
-                    task.await
-                        .unwrap_or_else(|e| Err(Error::Io(std::io::Error::other(e))))
-                };
-                Some(Box::pin(fut) as std::pin::Pin<Box<_>>)
+                let register = shared.checkpoints.register(&shared.io, topic, consumer, at);
+                let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> =
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => {
+                            let task = rt.spawn(register);
+                            Box::pin(async move {
+                                task.await
+                                    .unwrap_or_else(|e| Err(Error::Io(std::io::Error::other(e))))
+                            })
+                        }
+                        // Outside a runtime: registered when the stream is first polled.
+                        Err(_) => Box::pin(register),
+                    };
+                Some(fut)
             }
             _ => None,
         };
@@ -625,18 +645,24 @@ impl Walrus {
         validate_consumer(consumer)?;
         let shared = self.shared();
         let key: ConsumerKey = (Arc::from(topic), Arc::from(consumer));
-        if let Some(state) = lock(&shared.consumers).get(&key)
-            && state.busy.load(Ordering::Acquire)
+        let state = lock(&shared.consumers).get(&key).cloned();
+        // Held busy while removing, so no stream can start on the state being removed.
+        if let Some(state) = &state
+            && !state.try_hold()
         {
             return Err(state.busy_error());
         }
-        if shared.checkpoints.is_registered(topic, consumer) {
-            shared
-                .checkpoints
-                .remove(&shared.io, topic, consumer)
-                .await?;
+        let res = if shared.checkpoints.is_registered(topic, consumer) {
+            shared.checkpoints.remove(&shared.io, topic, consumer).await
+        } else {
+            Ok(())
+        };
+        if res.is_ok() {
+            lock(&shared.consumers).remove(&key);
+        } else if let Some(state) = &state {
+            state.busy.store(false, Ordering::Release);
         }
-        lock(&shared.consumers).remove(&key);
+        res?;
         shared.retention_wake.notify_one();
         Ok(())
     }
@@ -812,8 +838,11 @@ impl Shared {
         consumers
             .entry(key)
             .or_insert_with_key(|(t, c)| {
-                let oldest = topic.oldest.load(Ordering::Acquire);
-                let at = self.checkpoints.get(t, c).unwrap_or(oldest).max(oldest);
+                // A checkpoint below `oldest` is kept: its reader reports `Truncated` once.
+                let at = self
+                    .checkpoints
+                    .get(t, c)
+                    .unwrap_or_else(|| topic.oldest.load(Ordering::Acquire));
                 Arc::new(ConsumerState::new(t.clone(), c.clone(), at))
             })
             .clone()

@@ -101,6 +101,7 @@ impl Writer {
         let mut cur: Option<(Arc<Block>, u64, usize, u64)> = None; // block, rel, first req, first offset
         let mut i = 0;
         let mut failed: Option<(usize, Error)> = None;
+        let mut retired: Vec<Arc<Block>> = Vec::new();
         while i < reqs.len() {
             let one = Self::frame_len(&reqs[i].payload);
             if self.room() < one {
@@ -142,8 +143,9 @@ impl Writer {
                 .encode(pos, &mut buf);
                 self.topic.push_block(block.clone());
                 cur = Some((block.clone(), 0, i, self.next));
-                self.seal();
-                self.block = Some(block);
+                // The old block may still have a write of this group pending: it is released
+                // for retention only once that write is done (below).
+                retired.extend(self.block.replace(block));
                 self.rel = header;
                 tracing::debug!(topic = %self.topic.name, pos, len, "block allocated");
             } else if cur.is_none() {
@@ -188,6 +190,9 @@ impl Writer {
             }
         }
         self.submit(reqs, writes).await;
+        for b in retired {
+            b.segment.active.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     async fn submit(&mut self, reqs: &mut [Request], writes: Vec<Pending>) {

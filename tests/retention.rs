@@ -279,3 +279,69 @@ async fn a_size_limit_deletes_unread_data_and_the_consumer_hears_once() {
     let wal = builder(dir.path()).open().await.unwrap();
     assert_eq!(wal.append("t", "x").await.unwrap(), 800);
 }
+
+#[tokio::test]
+async fn offsets_continue_after_every_entry_and_every_consumer_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = builder(dir.path()).open().await.unwrap();
+    consume(&wal, "t", "c", 0).await;
+    fill(&wal, "t", 300).await;
+    consume(&wal, "t", "c", 300).await;
+    wal.append("other", "rolls the current segment away from t").await.unwrap();
+    reclaimed(&wal).await;
+    wal.remove_consumer("t", "c").await.unwrap();
+    wal.close().await.unwrap();
+    let wal = builder(dir.path()).open().await.unwrap();
+    assert_eq!(wal.append("t", "x").await.unwrap(), 300, "never handed out again");
+}
+
+#[tokio::test]
+async fn truncation_is_reported_after_a_restart_too() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = builder(dir.path()).open().await.unwrap();
+        consume(&wal, "t", "late", 0).await;
+        fill(&wal, "t", 800).await;
+        // The default consumer reads a little, so it has a checkpoint as well.
+        assert_eq!(wal.read_next("t", true).await.unwrap().unwrap().offset, 0);
+        wal.close().await.unwrap();
+    }
+    // Reopen with a size limit: the open-time pass deletes what `late` never read.
+    let wal = builder(dir.path())
+        .retention_bytes(256 << 10)
+        .open()
+        .await
+        .unwrap();
+    let mut s = wal.subscribe_as("t", "late").unwrap();
+    let err = s.next().await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Truncated { requested: 0, oldest } if oldest > 0), "{err}");
+    assert!(s.next().await.unwrap().is_ok());
+    // Polling reads say so once too, then go on.
+    let err = wal.read_next("t", true).await.unwrap_err();
+    let Error::Truncated { requested: 1, oldest } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(wal.read_next("t", true).await.unwrap().unwrap().offset, oldest);
+}
+
+#[tokio::test]
+async fn a_removed_consumer_is_not_brought_back_by_a_late_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = walrus_async::ReadConsistency::AtLeastOnce { persist_every: 100 };
+    let wal = builder(dir.path()).consistency(c).open().await.unwrap();
+    fill(&wal, "t", 10).await;
+    let mut s = wal.subscribe_as("t", "gone").unwrap();
+    let e = s.next().await.unwrap().unwrap();
+    s.ack(e.offset).await.unwrap(); // not persisted yet (every 100)
+    drop(s); // persists in a spawned task...
+    wal.remove_consumer("t", "gone").await.unwrap(); // ...racing this removal
+    tokio::task::yield_now().await;
+    // Never-polled registrations cannot bring it back either.
+    drop(wal.subscribe_as("t", "never-polled").unwrap());
+    wal.remove_consumer("t", "never-polled").await.unwrap();
+    wal.close().await.unwrap();
+    let wal = builder(dir.path()).open().await.unwrap();
+    assert_eq!(wal.consumer_lag("t", "gone"), None);
+    assert_eq!(wal.consumer_lag("t", "never-polled"), None);
+    assert!(wal.stats().consumers.is_empty());
+}

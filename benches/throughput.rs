@@ -1,0 +1,1220 @@
+//! walrus-async against Walrus (`walrus-rust` 0.2.0), side by side, in one run.
+//!
+//! `cargo bench --bench throughput` (full, < 15 min) or `-- --quick` (every workload, briefly;
+//! what CI runs). `-- --only W2` runs the workloads whose name starts with `W2`.
+//!
+//! * Both systems write to data directories on the same disk (`BENCH_DIR`, default the system
+//!   temp dir), runs are interleaved (A B A B …) and each figure is the median of the runs.
+//! * Walrus is driven by threads (its API blocks), walrus-async by tasks on a 2-worker Tokio
+//!   runtime, with the same number of concurrent producers.
+//! * Every workload reads back what it wrote and checks count, order and a content checksum; a
+//!   system that loses entries is reported as such ("LOST"), not timed.
+//! * This machine's own limits are measured in the same run (sequential buffered and O_DIRECT
+//!   write bandwidth, `fdatasync` latency into fresh and pre-written blocks) and results are also
+//!   given as fractions of them.
+//! * Results print as a table and go to `target/bench/throughput.jsonl`, one JSON object a line.
+//!
+//! The process exits non-zero if walrus-async fails a verification (never on timings).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+// ------------------------------------------------------------------------------------------
+// Settings
+
+#[derive(Clone, Copy)]
+struct Scale {
+    quick: bool,
+    runs: usize,
+    /// How long a timed write phase lasts.
+    write_for: Duration,
+    /// Entries pre-written for the read workload.
+    read_entries: u64,
+    /// Bytes written before the reopen workload.
+    reopen_bytes: u64,
+    /// Bytes for the machine's bandwidth probes.
+    probe_bytes: u64,
+}
+
+impl Scale {
+    fn new(quick: bool) -> Scale {
+        if quick {
+            Scale {
+                quick,
+                runs: 1,
+                write_for: Duration::from_millis(150),
+                read_entries: 20_000,
+                reopen_bytes: 64 << 20,
+                probe_bytes: 64 << 20,
+            }
+        } else {
+            Scale {
+                quick,
+                runs: 3,
+                write_for: Duration::from_millis(1500),
+                read_entries: 1_000_000,
+                reopen_bytes: 2 << 30,
+                probe_bytes: 1 << 30,
+            }
+        }
+    }
+}
+
+fn bench_root() -> PathBuf {
+    std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+// ------------------------------------------------------------------------------------------
+// Payloads: producer id and sequence number up front, so order and content can be checked.
+
+fn payload(producer: u32, seq: u64, size: usize) -> Vec<u8> {
+    let mut v = vec![0u8; size.max(12)];
+    v[..4].copy_from_slice(&producer.to_le_bytes());
+    v[4..12].copy_from_slice(&seq.to_le_bytes());
+    for (i, b) in v[12..].iter_mut().enumerate() {
+        *b = (seq as usize + i) as u8;
+    }
+    v.truncate(size.max(12));
+    v
+}
+
+/// Order-independent digest of a set of entries (sum of CRCs), plus per-producer order.
+#[derive(Default, Clone, PartialEq, Debug)]
+struct Digest {
+    count: u64,
+    crc_sum: u64,
+}
+
+impl Digest {
+    fn add(&mut self, data: &[u8]) {
+        self.count += 1;
+        self.crc_sum = self.crc_sum.wrapping_add(u64::from(crc32fast::hash(data)));
+    }
+    fn merge(&mut self, o: &Digest) {
+        self.count += o.count;
+        self.crc_sum = self.crc_sum.wrapping_add(o.crc_sum);
+    }
+}
+
+/// Checks what was read back: same digest, and each producer's entries in sequence order.
+struct Checker {
+    digest: Digest,
+    last_seq: Vec<Option<u64>>,
+    out_of_order: u64,
+}
+
+impl Checker {
+    fn new(producers: usize) -> Checker {
+        Checker {
+            digest: Digest::default(),
+            last_seq: vec![None; producers],
+            out_of_order: 0,
+        }
+    }
+    fn add(&mut self, data: &[u8]) {
+        self.digest.add(data);
+        let p = u32::from_le_bytes(data[..4].try_into().unwrap()) as usize;
+        let seq = u64::from_le_bytes(data[4..12].try_into().unwrap());
+        if let Some(last) = self.last_seq.get_mut(p) {
+            if last.is_some_and(|l| seq != l + 1) {
+                self.out_of_order += 1;
+            }
+            *last = Some(seq);
+        }
+    }
+    fn verdict(&self, written: &Digest) -> Result<(), String> {
+        if self.digest.count < written.count {
+            return Err(format!(
+                "LOST {} of {}",
+                written.count - self.digest.count,
+                written.count
+            ));
+        }
+        if self.digest != *written || self.out_of_order > 0 {
+            return Err(format!(
+                "MISMATCH: {} entries read, {} written, {} out of order",
+                self.digest.count, written.count, self.out_of_order
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Results
+
+#[derive(Clone, Debug)]
+struct Run {
+    /// Primary figure: operations (entries) per second, or the workload's own unit.
+    value: f64,
+    extra: Vec<(&'static str, f64)>,
+    verified: Result<(), String>,
+}
+
+struct Row {
+    workload: String,
+    unit: &'static str,
+    /// Higher is better (throughput) or lower is better (latency, bytes).
+    higher_better: bool,
+    ours: Vec<Run>,
+    theirs: Vec<Run>,
+    /// The machine limit this is compared with, if any: (name, value in the same unit).
+    limit: Option<(&'static str, f64)>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn summary(runs: &[Run]) -> (f64, Vec<(&'static str, f64)>, Result<(), String>) {
+    let ok = runs
+        .iter()
+        .find_map(|r| r.verified.clone().err())
+        .map_or(Ok(()), Err);
+    let value = median(runs.iter().map(|r| r.value).collect());
+    let mut extra = Vec::new();
+    if let Some(first) = runs.first() {
+        for (i, (name, _)) in first.extra.iter().enumerate() {
+            extra.push((*name, median(runs.iter().map(|r| r.extra[i].1).collect())));
+        }
+    }
+    (value, extra, ok)
+}
+
+fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let a = v.abs();
+    if a >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Systems under test
+
+const OURS: &str = "walrus-async";
+const THEIRS: &str = "walrus-rust 0.2.0";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fsync {
+    Ms200,
+    SyncEach,
+}
+
+async fn open_ours(dir: &Path, fsync: Fsync) -> walrus_async::Walrus {
+    walrus_async::Walrus::builder()
+        .data_dir(dir)
+        .fsync(match fsync {
+            Fsync::Ms200 => walrus_async::FsyncSchedule::Milliseconds(200),
+            Fsync::SyncEach => walrus_async::FsyncSchedule::SyncEach,
+        })
+        .consistency(walrus_async::ReadConsistency::AtLeastOnce {
+            persist_every: 100_000,
+        })
+        .open()
+        .await
+        .expect("open walrus-async")
+}
+
+/// Walrus reads its data dir from `WALRUS_DATA_DIR` (set once at start); each run gets its
+/// own key, so its own directory.
+fn open_theirs(key: &str, fsync: Fsync) -> walrus_rust::Walrus {
+    walrus_rust::Walrus::with_consistency_and_schedule_for_key(
+        key,
+        walrus_rust::ReadConsistency::AtLeastOnce {
+            persist_every: 100_000,
+        },
+        match fsync {
+            Fsync::Ms200 => walrus_rust::FsyncSchedule::Milliseconds(200),
+            Fsync::SyncEach => walrus_rust::FsyncSchedule::SyncEach,
+        },
+    )
+    .expect("open walrus-rust")
+}
+
+struct Ctx {
+    rt: tokio::runtime::Runtime,
+    scale: Scale,
+    root: PathBuf,
+    theirs_root: PathBuf,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl Ctx {
+    fn fresh(&self, system: &str) -> (PathBuf, String) {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let key = format!("run{n}");
+        if system == OURS {
+            (self.root.join(format!("ours-{n}")), key)
+        } else {
+            (self.theirs_root.join(&key), key)
+        }
+    }
+}
+
+fn remove(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ------------------------------------------------------------------------------------------
+// W1 / W2: single appends for a fixed time
+
+struct AppendSpec {
+    size: usize,
+    producers: usize,
+    shared_topic: bool,
+    fsync: Fsync,
+    latency: bool,
+}
+
+fn topic_of(spec: &AppendSpec, p: usize) -> String {
+    if spec.shared_topic {
+        "t".into()
+    } else {
+        format!("t{p}")
+    }
+}
+
+fn percentiles(mut lat: Vec<Duration>) -> [f64; 3] {
+    lat.sort();
+    let at = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
+    };
+    [at(0.5), at(0.99), at(0.999)]
+}
+
+fn appends_ours(ctx: &Ctx, spec: &AppendSpec) -> (Run, Option<f64>) {
+    let (dir, _) = ctx.fresh(OURS);
+    let dur = ctx.scale.write_for;
+    let run = ctx.rt.block_on(async {
+        let wal = open_ours(&dir, spec.fsync).await;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for p in 0..spec.producers {
+            let wal = wal.clone();
+            let topic = topic_of(spec, p);
+            let (size, latency) = (spec.size, spec.latency);
+            tasks.push(tokio::spawn(async move {
+                let mut d = Digest::default();
+                let mut lat = Vec::new();
+                let mut seq = 0u64;
+                while start.elapsed() < dur {
+                    let data = payload(p as u32, seq, size);
+                    d.add(&data);
+                    let t = Instant::now();
+                    wal.append(&topic, data).await.expect("append");
+                    if latency {
+                        lat.push(t.elapsed());
+                    }
+                    seq += 1;
+                }
+                (d, lat)
+            }));
+        }
+        let mut written = Digest::default();
+        let mut lat = Vec::new();
+        for t in tasks {
+            let (d, l) = t.await.unwrap();
+            written.merge(&d);
+            lat.extend(l);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let stats = wal.stats();
+        // Read back: every topic, in order.
+        let mut check = Checker::new(spec.producers);
+        let topics: Vec<String> = wal.topics();
+        for topic in topics {
+            let mut s = wal.subscribe(&topic).unwrap();
+            loop {
+                let batch = tokio::time::timeout(Duration::from_millis(50), s.next_batch(4 << 20))
+                    .await
+                    .ok()
+                    .map(|r| r.unwrap());
+                match batch {
+                    Some(b) if !b.is_empty() => b.iter().for_each(|e| check.add(&e.data)),
+                    _ => break,
+                }
+            }
+        }
+        let bytes_per_entry = used_bytes(&dir) as f64 / written.count.max(1) as f64;
+        wal.close().await.unwrap();
+        let mut extra = vec![
+            (
+                "appends_per_fsync",
+                stats.appends as f64 / stats.fsyncs.max(1) as f64,
+            ),
+            ("bytes_per_entry", bytes_per_entry),
+        ];
+        if spec.latency {
+            let [p50, p99, p999] = percentiles(lat);
+            extra.extend([("p50_us", p50), ("p99_us", p99), ("p999_us", p999)]);
+        }
+        Run {
+            value: written.count as f64 / secs,
+            extra,
+            verified: check.verdict(&written),
+        }
+    });
+    remove(&dir);
+    let bpe = run
+        .extra
+        .iter()
+        .find(|e| e.0 == "bytes_per_entry")
+        .map(|e| e.1);
+    (run, bpe)
+}
+
+fn appends_theirs(ctx: &Ctx, spec: &AppendSpec) -> (Run, Option<f64>) {
+    let (dir, key) = ctx.fresh(THEIRS);
+    let dur = ctx.scale.write_for;
+    let wal = Arc::new(open_theirs(&key, spec.fsync));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..spec.producers)
+        .map(|p| {
+            let wal = wal.clone();
+            let topic = topic_of(spec, p);
+            let (size, latency) = (spec.size, spec.latency);
+            std::thread::spawn(move || {
+                let mut d = Digest::default();
+                let mut lat = Vec::new();
+                let mut seq = 0u64;
+                while start.elapsed() < dur {
+                    let data = payload(p as u32, seq, size);
+                    d.add(&data);
+                    let t = Instant::now();
+                    wal.append_for_topic(&topic, &data).expect("append");
+                    if latency {
+                        lat.push(t.elapsed());
+                    }
+                    seq += 1;
+                }
+                (d, lat)
+            })
+        })
+        .collect();
+    let mut written = Digest::default();
+    let mut lat = Vec::new();
+    for h in handles {
+        let (d, l) = h.join().unwrap();
+        written.merge(&d);
+        lat.extend(l);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut check = Checker::new(spec.producers);
+    let topics: Vec<String> = if spec.shared_topic {
+        vec!["t".into()]
+    } else {
+        (0..spec.producers).map(|p| format!("t{p}")).collect()
+    };
+    for topic in topics {
+        while let Ok(Some(e)) = wal.read_next(&topic, true) {
+            check.add(&e.data);
+        }
+    }
+    let bytes_per_entry = used_bytes(&dir) as f64 / written.count.max(1) as f64;
+    let mut extra = vec![
+        ("appends_per_fsync", f64::NAN),
+        ("bytes_per_entry", bytes_per_entry),
+    ];
+    if spec.latency {
+        let [p50, p99, p999] = percentiles(lat);
+        extra.extend([("p50_us", p50), ("p99_us", p99), ("p999_us", p999)]);
+    }
+    let run = Run {
+        value: written.count as f64 / secs,
+        extra,
+        verified: check.verdict(&written),
+    };
+    drop(wal);
+    remove(&dir);
+    (run, Some(bytes_per_entry))
+}
+
+/// Bytes of log written: for each data file, the offset of its last non-zero byte. Both systems
+/// preallocate, so file sizes say nothing; this is the extent actually used.
+fn used_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if p.is_dir() || name.contains("index") || name.contains("checkpoint") || name == "LOCK" {
+            continue;
+        }
+        if let Ok(data) = std::fs::read(&p) {
+            total += data
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i as u64 + 1);
+        }
+    }
+    total
+}
+
+// ------------------------------------------------------------------------------------------
+// W3: batches
+
+fn batches_ours(ctx: &Ctx, batch: usize) -> Run {
+    let (dir, _) = ctx.fresh(OURS);
+    let dur = ctx.scale.write_for;
+    let run = ctx.rt.block_on(async {
+        let wal = open_ours(&dir, Fsync::Ms200).await;
+        let start = Instant::now();
+        let mut written = Digest::default();
+        let mut seq = 0u64;
+        while start.elapsed() < dur {
+            let entries: Vec<Bytes> = (0..batch)
+                .map(|i| Bytes::from(payload(0, seq + i as u64, 1024)))
+                .collect();
+            entries.iter().for_each(|e| written.add(e));
+            wal.append_batch("t", entries).await.unwrap();
+            seq += batch as u64;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let mut check = Checker::new(1);
+        let mut at = 0;
+        loop {
+            let got = wal.read_at("t", at, 8 << 20).await.unwrap();
+            if got.is_empty() {
+                break;
+            }
+            at = got.last().unwrap().offset + 1;
+            got.iter().for_each(|e| check.add(&e.data));
+        }
+        wal.close().await.unwrap();
+        Run {
+            value: written.count as f64 / secs,
+            extra: vec![("bytes_per_sec", written.count as f64 * 1024.0 / secs)],
+            verified: check.verdict(&written),
+        }
+    });
+    remove(&dir);
+    run
+}
+
+fn batches_theirs(ctx: &Ctx, batch: usize) -> Run {
+    let (dir, key) = ctx.fresh(THEIRS);
+    let dur = ctx.scale.write_for;
+    let wal = open_theirs(&key, Fsync::Ms200);
+    let start = Instant::now();
+    let mut written = Digest::default();
+    let mut seq = 0u64;
+    while start.elapsed() < dur {
+        let entries: Vec<Vec<u8>> = (0..batch)
+            .map(|i| payload(0, seq + i as u64, 1024))
+            .collect();
+        entries.iter().for_each(|e| written.add(e));
+        let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        wal.batch_append_for_topic("t", &refs).unwrap();
+        seq += batch as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut check = Checker::new(1);
+    while let Ok(Some(e)) = wal.read_next("t", true) {
+        check.add(&e.data);
+    }
+    drop(wal);
+    remove(&dir);
+    Run {
+        value: written.count as f64 / secs,
+        extra: vec![("bytes_per_sec", written.count as f64 * 1024.0 / secs)],
+        verified: check.verdict(&written),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// W4: reads of pre-written entries (warm page cache)
+
+#[derive(Clone, Copy, PartialEq)]
+enum ReadMode {
+    Stream,
+    Batch,
+}
+
+fn reads_ours(ctx: &Ctx, mode: ReadMode) -> Run {
+    let (dir, _) = ctx.fresh(OURS);
+    let n = ctx.scale.read_entries;
+    let run = ctx.rt.block_on(async {
+        let wal = open_ours(&dir, Fsync::Ms200).await;
+        let mut written = Digest::default();
+        let mut seq = 0;
+        while seq < n {
+            let k = 1000.min(n - seq);
+            let entries: Vec<Bytes> = (0..k)
+                .map(|i| Bytes::from(payload(0, seq + i, 1024)))
+                .collect();
+            entries.iter().for_each(|e| written.add(e));
+            wal.append_batch("t", entries).await.unwrap();
+            seq += k;
+        }
+        let mut check = Checker::new(1);
+        let start = Instant::now();
+        match mode {
+            ReadMode::Stream => {
+                let mut s = wal.subscribe("t").unwrap();
+                while check.digest.count < n {
+                    let e = s.next().await.unwrap().unwrap();
+                    check.add(&e.data);
+                }
+            }
+            ReadMode::Batch => loop {
+                let b = wal.batch_read("t", 4 << 20, true).await.unwrap();
+                if b.is_empty() {
+                    break;
+                }
+                b.iter().for_each(|e| check.add(&e.data));
+            },
+        }
+        let secs = start.elapsed().as_secs_f64();
+        wal.close().await.unwrap();
+        Run {
+            value: check.digest.count as f64 / secs,
+            extra: vec![],
+            verified: check.verdict(&written),
+        }
+    });
+    remove(&dir);
+    run
+}
+
+fn reads_theirs(ctx: &Ctx, mode: ReadMode) -> Run {
+    let (dir, key) = ctx.fresh(THEIRS);
+    let n = ctx.scale.read_entries;
+    let wal = open_theirs(&key, Fsync::Ms200);
+    let mut written = Digest::default();
+    let mut seq = 0;
+    while seq < n {
+        let k = 1000.min(n - seq);
+        let entries: Vec<Vec<u8>> = (0..k).map(|i| payload(0, seq + i, 1024)).collect();
+        entries.iter().for_each(|e| written.add(e));
+        let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        wal.batch_append_for_topic("t", &refs).unwrap();
+        seq += k;
+    }
+    let mut check = Checker::new(1);
+    let start = Instant::now();
+    match mode {
+        ReadMode::Stream => {
+            while let Ok(Some(e)) = wal.read_next("t", true) {
+                check.add(&e.data);
+            }
+        }
+        ReadMode::Batch => loop {
+            match wal.batch_read_for_topic("t", 4 << 20, true) {
+                Ok(b) if !b.is_empty() => b.iter().for_each(|e| check.add(&e.data)),
+                _ => break,
+            }
+        },
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(wal);
+    remove(&dir);
+    Run {
+        value: check.digest.count as f64 / secs,
+        extra: vec![],
+        verified: check.verdict(&written),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// W5: reopen after writing a lot; peak RSS while writing it (in a child process)
+
+/// Child mode: `--child-write <system> <dir-or-key> <bytes>` writes `bytes` of 1 KiB entries
+/// with 8 producers and prints `RSS <kib>`.
+fn child_write(system: &str, target: &str, bytes: u64) {
+    let n = bytes / 1024;
+    if system == OURS {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let wal = open_ours(Path::new(target), Fsync::Ms200).await;
+            let tasks: Vec<_> = (0..8u64)
+                .map(|p| {
+                    let wal = wal.clone();
+                    tokio::spawn(async move {
+                        let mut seq = p;
+                        while seq < n {
+                            let entries: Vec<Bytes> = (0..100)
+                                .map(|i| Bytes::from(payload(p as u32, seq + i, 1024)))
+                                .collect();
+                            wal.append_batch("t", entries).await.unwrap();
+                            seq += 800;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            wal.close().await.unwrap();
+        });
+    } else {
+        let wal = Arc::new(open_theirs(target, Fsync::Ms200));
+        let hs: Vec<_> = (0..8u64)
+            .map(|p| {
+                let wal = wal.clone();
+                std::thread::spawn(move || {
+                    let mut seq = p;
+                    while seq < n {
+                        let entries: Vec<Vec<u8>> =
+                            (0..100).map(|i| payload(p as u32, seq + i, 1024)).collect();
+                        let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+                        wal.batch_append_for_topic("t", &refs).unwrap();
+                        seq += 800;
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+    }
+    println!("RSS {}", peak_rss_kib());
+}
+
+fn peak_rss_kib() -> u64 {
+    // SAFETY: getrusage fills the struct we pass; zeroed is a valid initial value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as u64
+}
+
+fn write_in_child(system: &str, target: &str, bytes: u64) -> u64 {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--child-write", system, target, &bytes.to_string()])
+        .env("WALRUS_QUIET", "1")
+        .output()
+        .expect("child");
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("RSS ")?.trim().parse().ok())
+        .expect("child reports RSS")
+}
+
+/// Returns (reopen runs, peak RSS of the writer in MiB).
+fn reopen(ctx: &Ctx, system: &str) -> (Vec<Run>, f64) {
+    let (dir, key) = ctx.fresh(system);
+    let bytes = ctx.scale.reopen_bytes;
+    let target = if system == OURS {
+        dir.to_string_lossy().into_owned()
+    } else {
+        key.clone()
+    };
+    let rss = write_in_child(system, &target, bytes) as f64 / 1024.0;
+    let n = bytes / 1024;
+    let mut runs = Vec::new();
+    for _ in 0..ctx.scale.runs {
+        let start = Instant::now();
+        let count = if system == OURS {
+            ctx.rt.block_on(async {
+                let wal = open_ours(&dir, Fsync::Ms200).await;
+                let secs = start.elapsed();
+                let c = wal.entry_count("t");
+                wal.close().await.unwrap();
+                (c, secs)
+            })
+        } else {
+            let wal = open_theirs(&key, Fsync::Ms200);
+            let secs = start.elapsed();
+            // Walrus has no entry count; peek one entry to show the data is there.
+            let c = if wal.read_next("t", false).ok().flatten().is_some() {
+                n
+            } else {
+                0
+            };
+            (c, secs)
+        };
+        let secs = count.1.as_secs_f64();
+        runs.push(Run {
+            value: bytes as f64 / secs,
+            extra: vec![("open_ms", secs * 1e3)],
+            verified: if count.0 == n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "LOST: {} of {n} entries after reopen",
+                    n.saturating_sub(count.0)
+                ))
+            },
+        });
+    }
+    remove(&dir);
+    (runs, rss)
+}
+
+// ------------------------------------------------------------------------------------------
+// The machine's own limits
+
+struct Limits {
+    buffered_bps: f64,
+    direct_bps: Option<f64>,
+    fsync_fresh_us: f64,
+    fsync_rewritten_us: f64,
+}
+
+fn measure_limits(root: &Path, scale: Scale) -> Limits {
+    let dir = root.join("limits");
+    std::fs::create_dir_all(&dir).unwrap();
+    let chunk = 4 << 20;
+    let seq_write = |direct: bool| -> Option<f64> {
+        let path = dir.join(if direct { "direct" } else { "buffered" });
+        let _ = std::fs::remove_file(&path);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).write(true);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let f = opts.open(&path).ok()?;
+        let layout = std::alloc::Layout::from_size_align(chunk, 4096).unwrap();
+        // SAFETY: non-zero size; freed below with the same layout.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        // SAFETY: ptr is a live allocation of `chunk` bytes.
+        let buf = unsafe { std::slice::from_raw_parts_mut(ptr, chunk) };
+        buf.iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8 | 1);
+        let start = Instant::now();
+        let mut pos = 0u64;
+        let mut ok = true;
+        while pos < scale.probe_bytes {
+            if f.write_all_at(buf, pos).is_err() {
+                ok = false;
+                break;
+            }
+            pos += chunk as u64;
+        }
+        ok &= f.sync_data().is_ok();
+        let secs = start.elapsed().as_secs_f64();
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(ptr, layout) };
+        let _ = std::fs::remove_file(&path);
+        ok.then(|| scale.probe_bytes as f64 / secs)
+    };
+    let buffered_bps = seq_write(false).unwrap_or(f64::NAN);
+    let direct_bps = seq_write(true);
+    let fsync_lat = |prewritten: bool| -> f64 {
+        let path = dir.join("fsync");
+        let _ = std::fs::remove_file(&path);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let iters = if scale.quick { 50 } else { 300 };
+        let len = iters * 4096;
+        if prewritten {
+            f.write_all_at(&vec![1u8; len], 0).unwrap();
+            f.sync_all().unwrap();
+        } else {
+            // SAFETY: plain syscall on an owned descriptor.
+            unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, len as i64) };
+            f.sync_all().unwrap();
+        }
+        let block = vec![7u8; 4096];
+        let mut lat = Vec::new();
+        for i in 0..iters {
+            let t = Instant::now();
+            f.write_all_at(&block, (i * 4096) as u64).unwrap();
+            f.sync_data().unwrap();
+            lat.push(t.elapsed());
+        }
+        let _ = std::fs::remove_file(&path);
+        percentiles(lat)[0]
+    };
+    let fsync_fresh_us = fsync_lat(false);
+    let fsync_rewritten_us = fsync_lat(true);
+    remove(&dir);
+    Limits {
+        buffered_bps,
+        direct_bps,
+        fsync_fresh_us,
+        fsync_rewritten_us,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Driver
+
+fn interleave(
+    ctx: &Ctx,
+    mut ours: impl FnMut() -> Run,
+    mut theirs: impl FnMut() -> Run,
+) -> (Vec<Run>, Vec<Run>) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..ctx.scale.runs {
+        a.push(ours());
+        b.push(theirs());
+    }
+    (a, b)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child-write") {
+        child_write(&args[i + 1], &args[i + 2], args[i + 3].parse().unwrap());
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let want = |w: &str| only.as_deref().is_none_or(|o| w.starts_with(o));
+    let scale = Scale::new(quick);
+    let root = tempfile::tempdir_in(bench_root()).expect("bench dir");
+    let theirs_root = root.path().join("walrus-rust");
+    // SAFETY: set before any thread starts; Walrus reads these on open.
+    unsafe {
+        std::env::set_var("WALRUS_DATA_DIR", &theirs_root);
+        std::env::set_var("WALRUS_QUIET", "1");
+    }
+    let ctx = Ctx {
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+        scale,
+        root: root.path().to_path_buf(),
+        theirs_root,
+        seq: 0.into(),
+    };
+    let started = Instant::now();
+    eprintln!("measuring this machine's limits…");
+    let limits = measure_limits(root.path(), scale);
+    let mut rows: Vec<Row> = Vec::new();
+    let w6 = std::cell::RefCell::new((Vec::new(), Vec::new()));
+
+    if want("W1") {
+        for size in [100usize, 1024, 4096] {
+            for producers in [1usize, 8, 64] {
+                for shared in [false, true] {
+                    if producers == 1 && shared {
+                        continue;
+                    }
+                    let spec = AppendSpec {
+                        size,
+                        producers,
+                        shared_topic: shared,
+                        fsync: Fsync::Ms200,
+                        latency: false,
+                    };
+                    let name = format!(
+                        "W1 append {size} B, {producers} producers, {}",
+                        if shared { "one topic" } else { "own topics" }
+                    );
+                    eprintln!("{name}");
+                    let (a, b) = interleave(
+                        &ctx,
+                        || {
+                            let (r, bpe) = appends_ours(&ctx, &spec);
+                            if size == 100 && producers == 64 && shared {
+                                w6.borrow_mut().0.extend(bpe);
+                            }
+                            r
+                        },
+                        || {
+                            let (r, bpe) = appends_theirs(&ctx, &spec);
+                            if size == 100 && producers == 64 && shared {
+                                w6.borrow_mut().1.extend(bpe);
+                            }
+                            r
+                        },
+                    );
+                    rows.push(Row {
+                        workload: name,
+                        unit: "entries/s",
+                        higher_better: true,
+                        ours: a,
+                        theirs: b,
+                        limit: None,
+                    });
+                }
+            }
+        }
+    }
+    if want("W2") {
+        for producers in [1usize, 8, 64] {
+            let spec = AppendSpec {
+                size: 1024,
+                producers,
+                shared_topic: false,
+                fsync: Fsync::SyncEach,
+                latency: true,
+            };
+            let name = format!("W2 SyncEach 1 KiB, {producers} producers, own topics");
+            eprintln!("{name}");
+            let (a, b) = interleave(
+                &ctx,
+                || appends_ours(&ctx, &spec).0,
+                || appends_theirs(&ctx, &spec).0,
+            );
+            rows.push(Row {
+                workload: name,
+                unit: "entries/s",
+                higher_better: true,
+                ours: a,
+                theirs: b,
+                limit: None,
+            });
+        }
+    }
+    if want("W3") {
+        for batch in [100usize, 1000] {
+            let name = format!("W3 batches of {batch} x 1 KiB");
+            eprintln!("{name}");
+            let (a, b) = interleave(
+                &ctx,
+                || batches_ours(&ctx, batch),
+                || batches_theirs(&ctx, batch),
+            );
+            rows.push(Row {
+                workload: name,
+                unit: "entries/s",
+                higher_better: true,
+                ours: a,
+                theirs: b,
+                limit: limits.direct_bps.map(|d| ("O_DIRECT write", d / 1024.0)),
+            });
+        }
+    }
+    if want("W4") {
+        for (mode, label) in [
+            (ReadMode::Stream, "stream / read_next"),
+            (ReadMode::Batch, "batch reads"),
+        ] {
+            let name = format!("W4 read {} x 1 KiB, {label}", scale.read_entries);
+            eprintln!("{name}");
+            let (a, b) = interleave(&ctx, || reads_ours(&ctx, mode), || reads_theirs(&ctx, mode));
+            rows.push(Row {
+                workload: name,
+                unit: "entries/s",
+                higher_better: true,
+                ours: a,
+                theirs: b,
+                limit: None,
+            });
+        }
+    }
+    let mut rss = (f64::NAN, f64::NAN);
+    if want("W5") {
+        let name = format!(
+            "W5 reopen after {} MiB (scan rate)",
+            scale.reopen_bytes >> 20
+        );
+        eprintln!("{name}");
+        let (a, ra) = reopen(&ctx, OURS);
+        let (b, rb) = reopen(&ctx, THEIRS);
+        rss = (ra, rb);
+        rows.push(Row {
+            workload: name,
+            unit: "bytes/s",
+            higher_better: true,
+            ours: a,
+            theirs: b,
+            limit: None,
+        });
+    }
+    if want("W1") {
+        let (a, b) = w6.into_inner();
+        let run = |v: Vec<f64>| {
+            vec![Run {
+                value: median(v),
+                extra: vec![],
+                verified: Ok(()),
+            }]
+        };
+        rows.push(Row {
+            workload: "W6 disk bytes per 100 B entry (W1 64 producers, one topic)".into(),
+            unit: "bytes",
+            higher_better: false,
+            ours: run(a),
+            theirs: run(b),
+            limit: None,
+        });
+    }
+
+    // Report.
+    let mut table = String::new();
+    writeln!(
+        table,
+        "\nwalrus-async vs {THEIRS} — {} mode, median of {} run(s) each, interleaved",
+        if quick { "quick" } else { "full" },
+        scale.runs
+    )
+    .unwrap();
+    writeln!(
+        table,
+        "machine: sequential write buffered {}B/s, O_DIRECT {}; 4 KiB write+fdatasync p50 {:.0} µs fresh, {:.0} µs pre-written",
+        fmt_num(limits.buffered_bps),
+        limits.direct_bps.map_or("unsupported here".into(), |d| format!("{}B/s", fmt_num(d))),
+        limits.fsync_fresh_us,
+        limits.fsync_rewritten_us
+    )
+    .unwrap();
+    writeln!(
+        table,
+        "{:<62} {:>11} {:>11} {:>7}  notes",
+        "workload", OURS, "walrus-rust", "ratio"
+    )
+    .unwrap();
+    let json_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/throughput.jsonl");
+    std::fs::create_dir_all(json_path.parent().unwrap()).unwrap();
+    let mut json = std::fs::File::create(&json_path).unwrap();
+    let mut failed = false;
+    for r in &rows {
+        let (a, a_extra, a_ok) = summary(&r.ours);
+        let (b, b_extra, b_ok) = summary(&r.theirs);
+        let ratio = if r.higher_better { a / b } else { b / a };
+        let mut notes = String::new();
+        for (k, v) in &a_extra {
+            if v.is_finite() {
+                write!(notes, "{k}={} ", fmt_num(*v)).unwrap();
+            }
+        }
+        if let Some((name, lim)) = r.limit {
+            write!(notes, "= {:.0}% of {name} ", 100.0 * a / lim).unwrap();
+        }
+        if r.workload.starts_with("W2") && r.workload.contains(" 1 producers") {
+            if let (Some(p50), Some(p99)) = (
+                a_extra.iter().find(|e| e.0 == "p50_us"),
+                a_extra.iter().find(|e| e.0 == "p99_us"),
+            ) {
+                write!(
+                    notes,
+                    "p50 {:.2}x p99 {:.2}x fsync ",
+                    p50.1 / limits.fsync_fresh_us,
+                    p99.1 / limits.fsync_fresh_us
+                )
+                .unwrap();
+            }
+        }
+        if let Err(e) = &a_ok {
+            failed = true;
+            write!(notes, "OURS {e} ").unwrap();
+        }
+        let b_cell = match &b_ok {
+            Ok(()) => fmt_num(b),
+            Err(e) if e.starts_with("LOST") => "LOST".into(),
+            Err(_) => "BAD".into(),
+        };
+        if let Err(e) = &b_ok {
+            write!(notes, "walrus-rust {e} ").unwrap();
+        }
+        writeln!(
+            table,
+            "{:<62} {:>11} {:>11} {:>6.2}x  {}",
+            r.workload,
+            fmt_num(a),
+            b_cell,
+            if b_ok.is_ok() { ratio } else { f64::NAN },
+            notes.trim_end()
+        )
+        .unwrap();
+        let obj = format!(
+            "{{\"workload\":{:?},\"unit\":{:?},\"ours\":{a},\"theirs\":{},\"ratio\":{},\"ours_runs\":{:?},\"theirs_runs\":{:?},\"ours_extra\":{{{}}},\"theirs_extra\":{{{}}},\"ours_verified\":{},\"theirs_verified\":{:?},\"quick\":{quick}}}",
+            r.workload,
+            r.unit,
+            if b.is_finite() {
+                b.to_string()
+            } else {
+                "null".into()
+            },
+            if ratio.is_finite() {
+                ratio.to_string()
+            } else {
+                "null".into()
+            },
+            r.ours.iter().map(|x| x.value).collect::<Vec<_>>(),
+            r.theirs.iter().map(|x| x.value).collect::<Vec<_>>(),
+            a_extra
+                .iter()
+                .filter(|e| e.1.is_finite())
+                .map(|(k, v)| format!("{k:?}:{v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            b_extra
+                .iter()
+                .filter(|e| e.1.is_finite())
+                .map(|(k, v)| format!("{k:?}:{v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            a_ok.is_ok(),
+            b_ok.err().unwrap_or_else(|| "ok".into()),
+        );
+        writeln!(json, "{}", obj.replace("NaN", "null")).unwrap();
+    }
+    if rss.0.is_finite() {
+        writeln!(
+            table,
+            "peak RSS while writing {} MiB with 8 producers: {OURS} {:.0} MiB, walrus-rust {:.0} MiB",
+            scale.reopen_bytes >> 20,
+            rss.0,
+            rss.1
+        )
+        .unwrap();
+        writeln!(
+            json,
+            "{{\"workload\":\"peak_rss_mib\",\"ours\":{},\"theirs\":{},\"quick\":{quick}}}",
+            rss.0, rss.1
+        )
+        .unwrap();
+    }
+    writeln!(
+        json,
+        "{{\"workload\":\"machine\",\"buffered_bps\":{},\"direct_bps\":{},\"fsync_fresh_us\":{},\"fsync_rewritten_us\":{}}}",
+        limits.buffered_bps,
+        limits.direct_bps.map_or("null".into(), |d| d.to_string()),
+        limits.fsync_fresh_us,
+        limits.fsync_rewritten_us
+    )
+    .unwrap();
+    writeln!(
+        table,
+        "total time {:.0} s; JSON lines in {}",
+        started.elapsed().as_secs_f64(),
+        json_path.display()
+    )
+    .unwrap();
+    print!("{table}");
+    std::io::stdout().flush().unwrap();
+    if failed {
+        eprintln!("walrus-async failed a verification");
+        std::process::exit(1);
+    }
+}
