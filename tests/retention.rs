@@ -287,12 +287,18 @@ async fn offsets_continue_after_every_entry_and_every_consumer_are_gone() {
     consume(&wal, "t", "c", 0).await;
     fill(&wal, "t", 300).await;
     consume(&wal, "t", "c", 300).await;
-    wal.append("other", "rolls the current segment away from t").await.unwrap();
+    wal.append("other", "rolls the current segment away from t")
+        .await
+        .unwrap();
     reclaimed(&wal).await;
     wal.remove_consumer("t", "c").await.unwrap();
     wal.close().await.unwrap();
     let wal = builder(dir.path()).open().await.unwrap();
-    assert_eq!(wal.append("t", "x").await.unwrap(), 300, "never handed out again");
+    assert_eq!(
+        wal.append("t", "x").await.unwrap(),
+        300,
+        "never handed out again"
+    );
 }
 
 #[tokio::test]
@@ -314,14 +320,24 @@ async fn truncation_is_reported_after_a_restart_too() {
         .unwrap();
     let mut s = wal.subscribe_as("t", "late").unwrap();
     let err = s.next().await.unwrap().unwrap_err();
-    assert!(matches!(err, Error::Truncated { requested: 0, oldest } if oldest > 0), "{err}");
+    assert!(
+        matches!(err, Error::Truncated { requested: 0, oldest } if oldest > 0),
+        "{err}"
+    );
     assert!(s.next().await.unwrap().is_ok());
     // Polling reads say so once too, then go on.
     let err = wal.read_next("t", true).await.unwrap_err();
-    let Error::Truncated { requested: 1, oldest } = err else {
+    let Error::Truncated {
+        requested: 1,
+        oldest,
+    } = err
+    else {
         panic!("{err}")
     };
-    assert_eq!(wal.read_next("t", true).await.unwrap().unwrap().offset, oldest);
+    assert_eq!(
+        wal.read_next("t", true).await.unwrap().unwrap().offset,
+        oldest
+    );
 }
 
 #[tokio::test]
