@@ -2,9 +2,16 @@
 //!
 //! Each turn it takes everything waiting in its queue (`recv_many`), assigns dense offsets, lays
 //! the whole group out as one frame in one reusable buffer (a new block only when the current
-//! one is full), submits it as one write, waits for the durability the fsync schedule promises,
-//! then publishes the new visible offset and resolves every caller. A batch is never split
-//! across frames, so it is all-or-nothing after a crash.
+//! one is full), and submits it as one write. Once the group is as durable as the fsync schedule
+//! promises, it publishes the new visible offset and resolves every caller. A batch is never
+//! split across frames, so it is all-or-nothing after a crash.
+//!
+//! Pipelining: under `SyncEach` the writer does not wait for a group's fsync before writing the
+//! next group. Up to [`MAX_IN_FLIGHT`] groups wait for durability at once; they are published
+//! and answered strictly in order, so readers and callers never see a later group before an
+//! earlier one. While one fsync runs, the next group is already written and its sync request
+//! queued, so the durability task's next round covers it (group commit across groups and
+//! topics).
 //!
 //! On a failed write or sync the group's callers get the error, the group's offsets stay unused
 //! (recorded as a gap), and the writer moves to a fresh block; after a failed sync the segment is
@@ -14,18 +21,26 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FsyncSchedule;
 use crate::error::Error;
 use crate::format::{self, BlockHeader, FrameBuilder, MAX_FRAME_PAYLOAD};
-use crate::storage::Block;
+use crate::storage::{Block, Segment};
 use crate::topic::{Payload, Request, Topic};
 use crate::wal::Shared;
 
 /// Buffers above this size are not kept between groups, so one huge batch does not pin memory.
 const KEEP_BUF: usize = 4 << 20;
 
+/// Groups written and waiting for their fsync at once (per topic).
+pub(crate) const MAX_IN_FLIGHT: usize = 4;
+
+type Reply = oneshot::Sender<crate::Result<Range<u64>>>;
+
+/// One write of a group: a contiguous run of frames in one block.
 struct Pending {
     block: Arc<Block>,
     /// Position of the write relative to the block.
@@ -33,9 +48,19 @@ struct Pending {
     buf: Vec<u8>,
     /// Bytes in the write (kept after `buf` is handed to the engine).
     len: u64,
-    /// Requests `reqs[range]` are in this write.
-    reqs: Range<usize>,
     offsets: Range<u64>,
+    /// Entries and reply of each request in the write, in offset order.
+    replies: Vec<(u64, Option<Reply>)>,
+    bytes: u64,
+    batches: u64,
+    /// The segment's write generation once written (what its fsync must cover).
+    generation: u64,
+}
+
+/// A group whose writes completed, with the sync results once durable.
+struct Written {
+    writes: Vec<Pending>,
+    synced: Vec<(Arc<Segment>, Option<Error>)>,
 }
 
 struct Writer {
@@ -46,6 +71,9 @@ struct Writer {
     rel: u64,
     next: u64,
     spare_buf: Vec<u8>,
+    /// Blocks no longer written to, released for retention once no group is in flight (a
+    /// group waiting for its fsync may still be published into them).
+    retired: Vec<Arc<Block>>,
 }
 
 /// Runs a topic's writer until its queue is closed and drained.
@@ -57,6 +85,7 @@ pub(crate) async fn run(
 ) {
     let cap = shared.config.queue_capacity;
     let mut reqs = Vec::with_capacity(cap.min(1024));
+    let sync_each = shared.config.fsync == FsyncSchedule::SyncEach;
     let mut w = Writer {
         shared,
         topic,
@@ -64,12 +93,59 @@ pub(crate) async fn run(
         rel: 0,
         next,
         spare_buf: Vec::new(),
+        retired: Vec::new(),
     };
-    while rx.recv_many(&mut reqs, cap).await > 0 {
-        w.group(&mut reqs).await;
-        reqs.clear();
+    let mut in_flight = FuturesOrdered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(written) = in_flight.next(), if !in_flight.is_empty() => {
+                w.finish(written);
+                if in_flight.is_empty() {
+                    w.release_retired();
+                }
+            }
+            n = rx.recv_many(&mut reqs, cap), if open && in_flight.len() < MAX_IN_FLIGHT => {
+                if n == 0 {
+                    open = false;
+                    continue;
+                }
+                let written = w.group(&mut reqs).await;
+                reqs.clear();
+                if sync_each && !written.writes.is_empty() {
+                    in_flight.push_back(durable(w.shared.clone(), written));
+                } else {
+                    w.finish(written);
+                    if in_flight.is_empty() {
+                        w.release_retired();
+                    }
+                }
+            }
+        }
     }
     w.seal();
+    w.release_retired();
+}
+
+/// Waits until every segment a group wrote to is durable up to the group's writes. Each write
+/// gets its own segment's result: one failing file does not fail writes in healthy ones.
+async fn durable(shared: Arc<Shared>, mut written: Written) -> Written {
+    let mut segs: Vec<(Arc<Segment>, u64)> = Vec::new();
+    for w in &written.writes {
+        match segs
+            .iter_mut()
+            .find(|(s, _)| Arc::ptr_eq(s, &w.block.segment))
+        {
+            Some(e) => e.1 = e.1.max(w.generation),
+            None => segs.push((w.block.segment.clone(), w.generation)),
+        }
+    }
+    for (seg, generation) in segs {
+        let err = shared.durability.sync(seg.clone(), generation).await.err();
+        written.synced.push((seg, err));
+    }
+    written
 }
 
 fn payload_bytes(p: &Payload) -> u64 {
@@ -94,26 +170,21 @@ impl Writer {
         b
     }
 
-    /// Writes one group; every request in `reqs` is answered.
-    async fn group(&mut self, reqs: &mut Vec<Request>) {
+    /// Lays out and writes one group. Requests that could not be written are answered here;
+    /// the rest are answered by [`finish`](Self::finish) once durable enough.
+    async fn group(&mut self, reqs: &mut [Request]) -> Written {
         let mut writes: Vec<Pending> = Vec::new();
         let mut buf = self.take_buf();
-        let mut cur: Option<(Arc<Block>, u64, usize, u64)> = None; // block, rel, first req, first offset
+        // The write being laid out: block, position in it, first request, first offset.
+        let mut cur: Option<(Arc<Block>, u64, usize, u64)> = None;
         let mut i = 0;
         let mut failed: Option<(usize, Error)> = None;
-        let mut retired: Vec<Arc<Block>> = Vec::new();
         while i < reqs.len() {
             let one = Self::frame_len(&reqs[i].payload);
             if self.room() < one {
                 if let Some((block, rel, first, off)) = cur.take() {
-                    writes.push(Pending {
-                        block,
-                        rel,
-                        len: buf.len() as u64,
-                        buf: std::mem::take(&mut buf),
-                        reqs: first..i,
-                        offsets: off..self.next,
-                    });
+                    let buf = std::mem::take(&mut buf);
+                    writes.push(self.pending(reqs, block, rel, buf, first..i, off));
                 }
                 let header = format::block_header_len(self.topic.name.len()) as u64;
                 let (segment, pos, len) = match self.shared.alloc.allocate(header + one).await {
@@ -143,9 +214,7 @@ impl Writer {
                 .encode(pos, &mut buf);
                 self.topic.push_block(block.clone());
                 cur = Some((block.clone(), 0, i, self.next));
-                // The old block may still have a write of this group pending: it is released
-                // for retention only once that write is done (below).
-                retired.extend(self.block.replace(block));
+                self.retired.extend(self.block.replace(block));
                 self.rel = header;
                 tracing::debug!(topic = %self.topic.name, pos, len, "block allocated");
             } else if cur.is_none() {
@@ -173,36 +242,58 @@ impl Writer {
             self.rel += used;
         }
         if let Some((block, rel, first, off)) = cur.take() {
-            writes.push(Pending {
-                block,
-                rel,
-                len: buf.len() as u64,
-                buf,
-                reqs: first..i,
-                offsets: off..self.next,
-            });
+            writes.push(self.pending(reqs, block, rel, buf, first..i, off));
         }
         if let Some((at, e)) = failed {
-            for r in reqs.drain(at..) {
-                if let Some(reply) = r.reply {
+            for r in &mut reqs[at..] {
+                if let Some(reply) = r.reply.take() {
                     let _ = reply.send(Err(e.duplicate()));
                 }
             }
         }
-        self.submit(reqs, writes).await;
-        for b in retired {
-            b.segment.active.fetch_sub(1, Ordering::AcqRel);
+        self.write(writes).await
+    }
+
+    /// Moves the replies of `reqs[range]` into a pending write.
+    fn pending(
+        &self,
+        reqs: &mut [Request],
+        block: Arc<Block>,
+        rel: u64,
+        buf: Vec<u8>,
+        range: Range<usize>,
+        first_offset: u64,
+    ) -> Pending {
+        let mut replies = Vec::with_capacity(range.len());
+        let (mut bytes, mut batches, mut entries) = (0u64, 0u64, 0u64);
+        for r in &mut reqs[range] {
+            let n = r.payload.len() as u64;
+            bytes += payload_bytes(&r.payload);
+            batches += u64::from(matches!(r.payload, Payload::Batch(_)));
+            entries += n;
+            replies.push((n, r.reply.take()));
+        }
+        Pending {
+            block,
+            rel,
+            len: buf.len() as u64,
+            buf,
+            offsets: first_offset..first_offset + entries,
+            replies,
+            bytes,
+            batches,
+            generation: 0,
         }
     }
 
-    async fn submit(&mut self, reqs: &mut [Request], writes: Vec<Pending>) {
+    /// Submits the writes of a group in order; after a failed one, the rest fail too.
+    async fn write(&mut self, writes: Vec<Pending>) -> Written {
         let shared = self.shared.clone();
-        let stats = &shared.stats;
         let mut error: Option<Error> = None;
-        let mut done: Vec<(Pending, u64)> = Vec::with_capacity(writes.len());
+        let mut done = Vec::with_capacity(writes.len());
         for mut w in writes {
-            if error.is_some() {
-                self.fail(reqs, &w, error.as_ref().map(Error::duplicate));
+            if let Some(e) = &error {
+                self.fail(&mut w, e.duplicate());
                 continue;
             }
             let seg = w.block.segment.clone();
@@ -211,72 +302,60 @@ impl Writer {
                 .io
                 .write_all_at(&seg.file, w.block.pos + w.rel, buf)
                 .await;
-            stats.write_submissions.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .write_submissions
+                .fetch_add(1, Ordering::Relaxed);
             if buf.capacity() <= KEEP_BUF {
                 self.spare_buf = buf;
             }
             match res {
                 Ok(()) => {
-                    let g = seg.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
-                    done.push((w, g));
+                    w.generation = seg.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
+                    done.push(w);
                 }
                 Err(e) => {
                     tracing::error!(topic = %self.topic.name, path = %seg.path.display(), error = %e, "write failed");
                     let e = Error::Io(e);
-                    self.fail(reqs, &w, Some(e.duplicate()));
+                    self.fail(&mut w, e.duplicate());
                     error = Some(e);
                 }
             }
         }
-        if done.is_empty() {
-            return;
+        Written {
+            writes: done,
+            synced: Vec::new(),
         }
-        // Durability per schedule, then publish and answer. Each write gets the result of
-        // its own segment's sync: one failing file does not fail writes in healthy ones.
-        let mut synced: Vec<(Arc<crate::storage::Segment>, u64, Option<Error>)> = Vec::new();
-        if shared.config.fsync == FsyncSchedule::SyncEach {
-            for (w, g) in &done {
-                match synced
-                    .iter_mut()
-                    .find(|(s, _, _)| Arc::ptr_eq(s, &w.block.segment))
-                {
-                    Some(e) => e.1 = e.1.max(*g),
-                    None => synced.push((w.block.segment.clone(), *g, None)),
-                }
-            }
-            for (seg, g, err) in &mut synced {
-                *err = shared.durability.sync(seg.clone(), *g).await.err();
-            }
-        }
-        for (w, _) in done {
-            let sync_err = synced
+    }
+
+    /// Publishes a written group (or fails the writes whose sync failed) and answers callers.
+    fn finish(&mut self, written: Written) {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        for mut w in written.writes {
+            let sync_err = written
+                .synced
                 .iter()
-                .find(|(s, _, _)| Arc::ptr_eq(s, &w.block.segment))
-                .and_then(|(_, _, e)| e.as_ref());
+                .find(|(s, _)| Arc::ptr_eq(s, &w.block.segment))
+                .and_then(|(_, e)| e.as_ref());
             if let Some(e) = sync_err {
-                self.fail(reqs, &w, Some(e.duplicate()));
+                let e = e.duplicate();
+                self.fail(&mut w, e);
                 continue;
             }
-            let mut bytes = 0u64;
-            let mut batches = 0u64;
-            for r in &reqs[w.reqs.clone()] {
-                bytes += payload_bytes(&r.payload);
-                batches += u64::from(matches!(r.payload, Payload::Batch(_)));
-            }
-            w.block.bytes.fetch_add(bytes, Ordering::Relaxed);
+            w.block.bytes.fetch_add(w.bytes, Ordering::Relaxed);
             w.block.end_offset.store(w.offsets.end, Ordering::Release);
             w.block.frames_end.store(w.rel + w.len, Ordering::Release);
             stats
                 .appends
                 .fetch_add(w.offsets.end - w.offsets.start, Ordering::Relaxed);
-            stats.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
-            stats.batches.fetch_add(batches, Ordering::Relaxed);
-            self.topic.bytes.fetch_add(bytes, Ordering::Relaxed);
+            stats.bytes_appended.fetch_add(w.bytes, Ordering::Relaxed);
+            stats.batches.fetch_add(w.batches, Ordering::Relaxed);
+            self.topic.bytes.fetch_add(w.bytes, Ordering::Relaxed);
             self.topic.visible.send_replace(w.offsets.end);
             let mut off = w.offsets.start;
-            for r in &mut reqs[w.reqs.clone()] {
-                let n = r.payload.len() as u64;
-                if let Some(reply) = r.reply.take() {
+            for (n, reply) in w.replies {
+                if let Some(reply) = reply {
                     let _ = reply.send(Ok(off..off + n));
                 }
                 off += n;
@@ -286,10 +365,9 @@ impl Writer {
 
     /// Answers the requests of a write that did not complete, records its offsets as a gap and
     /// abandons the block.
-    fn fail(&mut self, reqs: &mut [Request], w: &Pending, e: Option<Error>) {
-        let e = e.unwrap_or(Error::Closed);
-        for r in &mut reqs[w.reqs.clone()] {
-            if let Some(reply) = r.reply.take() {
+    fn fail(&mut self, w: &mut Pending, e: Error) {
+        for (_, reply) in &mut w.replies {
+            if let Some(reply) = reply.take() {
                 let _ = reply.send(Err(e.duplicate()));
             }
         }
@@ -304,10 +382,15 @@ impl Writer {
         }
     }
 
-    /// Stops writing the current block: its segment may be reclaimed once nothing else is
-    /// written there.
+    /// Stops writing the current block.
     fn seal(&mut self) {
-        if let Some(b) = self.block.take() {
+        self.retired.extend(self.block.take());
+    }
+
+    /// Lets retention reclaim the segments of blocks no longer written to. Only called when no
+    /// group is in flight, so nothing is still to be published into them.
+    fn release_retired(&mut self) {
+        for b in self.retired.drain(..) {
             b.segment.active.fetch_sub(1, Ordering::AcqRel);
         }
     }
