@@ -373,19 +373,20 @@ fn appends_ours(ctx: &Ctx, spec: &AppendSpec) -> (Run, Option<f64>) {
         }
         let secs = start.elapsed().as_secs_f64();
         let stats = wal.stats();
-        // Read back: every topic, in order.
+        // Disk use first: reading below must not consume (retention would reclaim files).
+        let bytes_per_entry = used_bytes(&dir) as f64 / written.count.max(1) as f64;
+        // Read back: every topic, in order, touching no cursor.
         let mut check = Checker::new(spec.producers);
         let topics: Vec<String> = wal.topics();
         for topic in topics {
+            let mut at = 0;
             loop {
-                let b = wal.batch_read(&topic, 4 << 20, true).await.unwrap();
-                if b.is_empty() {
-                    break;
-                }
+                let b = wal.read_at(&topic, at, 4 << 20).await.unwrap();
+                let Some(last) = b.last() else { break };
+                at = last.offset + 1;
                 b.iter().for_each(|e| check.add(&e.data));
             }
         }
-        let bytes_per_entry = used_bytes(&dir) as f64 / written.count.max(1) as f64;
         wal.close().await.unwrap();
         let mut extra = vec![
             (
@@ -449,6 +450,7 @@ fn appends_theirs(ctx: &Ctx, spec: &AppendSpec) -> (Run, Option<f64>) {
         lat.extend(l);
     }
     let secs = start.elapsed().as_secs_f64();
+    let bytes_per_entry = used_bytes(&dir) as f64 / written.count.max(1) as f64;
     let mut check = Checker::new(spec.producers);
     let topics: Vec<String> = if spec.shared_topic {
         vec!["t".into()]
@@ -461,7 +463,6 @@ fn appends_theirs(ctx: &Ctx, spec: &AppendSpec) -> (Run, Option<f64>) {
             check.add(&e.data);
         }
     }
-    let bytes_per_entry = used_bytes(&dir) as f64 / written.count.max(1) as f64;
     let mut extra = vec![
         ("appends_per_fsync", f64::NAN),
         ("bytes_per_entry", bytes_per_entry),
