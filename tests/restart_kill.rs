@@ -87,7 +87,7 @@ fn kill_9_while_appending_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
     let mut acked: HashMap<String, u64> = HashMap::new(); // topic -> one past the last acked
-    let rounds = 12u32;
+    let rounds = 50u32;
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
