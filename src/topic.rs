@@ -154,34 +154,37 @@ impl Topic {
 /// Checks a consumer name: 1..=255 bytes, no NUL (`""` is the default consumer, reached
 /// through `subscribe` and the polling reads).
 pub(crate) fn validate_consumer(consumer: &str) -> Result<()> {
-    let reason = if consumer.is_empty() {
-        "must not be empty (the default consumer is `subscribe`)"
-    } else if consumer.len() > MAX_TOPIC_LEN {
-        "longer than 255 bytes"
-    } else if consumer.contains('\0') {
-        "contains a NUL byte"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidConsumer {
-        consumer: consumer.chars().take(300).collect(),
-        reason,
+    name_problem(
+        consumer,
+        "must not be empty (the default consumer is `subscribe`)",
+    )
+    .map_or(Ok(()), |reason| {
+        Err(Error::InvalidConsumer {
+            consumer: consumer.chars().take(300).collect(),
+            reason,
+        })
     })
+}
+
+/// What is wrong with a topic or consumer name, if anything: both are 1..=255 bytes, no NUL.
+fn name_problem(name: &str, empty: &'static str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some(empty)
+    } else if name.len() > MAX_TOPIC_LEN {
+        Some("longer than 255 bytes")
+    } else if name.contains('\0') {
+        Some("contains a NUL byte")
+    } else {
+        None
+    }
 }
 
 /// Checks a topic name: 1..=255 bytes, no NUL.
 pub(crate) fn validate_topic(topic: &str) -> Result<()> {
-    let reason = if topic.is_empty() {
-        "must not be empty"
-    } else if topic.len() > MAX_TOPIC_LEN {
-        "longer than 255 bytes"
-    } else if topic.contains('\0') {
-        "contains a NUL byte"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidTopic {
-        topic: topic.chars().take(300).collect(),
-        reason,
+    name_problem(topic, "must not be empty").map_or(Ok(()), |reason| {
+        Err(Error::InvalidTopic {
+            topic: topic.chars().take(300).collect(),
+            reason,
+        })
     })
 }

@@ -35,18 +35,7 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
 
 /// Reads every entry of `topic` from offset 0 with `read_at`, returning (offset, data).
 pub async fn all_entries(wal: &Walrus, topic: &str) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut next = 0;
-    loop {
-        let got = wal.read_at(topic, next, 1 << 20).await.unwrap();
-        if got.is_empty() {
-            return out;
-        }
-        for e in got {
-            next = e.offset + 1;
-            out.push((e.offset, e.data.to_vec()));
-        }
-    }
+    all_entries_from(wal, topic, 0).await
 }
 
 /// Frame layout constants from docs/FORMAT.md, for tests that damage files on purpose.
