@@ -74,6 +74,16 @@ impl Topic {
         }
     }
 
+    /// The offset the writer hands out next: past every entry and every gap.
+    pub fn next_offset(&self) -> u64 {
+        let gaps_end = crate::storage::lock(&self.gaps)
+            .iter()
+            .map(|g| g.end)
+            .max()
+            .unwrap_or(0);
+        self.visible().max(gaps_end)
+    }
+
     /// One past the last visible offset.
     pub fn visible(&self) -> u64 {
         *self.visible.borrow()

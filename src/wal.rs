@@ -410,10 +410,7 @@ impl Walrus {
         let mut topics = shared.topics.write().unwrap_or_else(|p| p.into_inner());
         // Checked under the registry lock: `close` takes the senders under it too.
         self.check_open()?;
-        let topic = topics
-            .entry(Arc::from(name))
-            .or_insert_with(|| Arc::new(Topic::new(Arc::from(name), 0)))
-            .clone();
+        let topic = insert_topic(&mut topics, name);
         let mut slot = lock(&topic.tx);
         if let Some(tx) = slot.as_ref() {
             return Ok(tx.clone());
@@ -630,10 +627,7 @@ impl Walrus {
             .topics
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        topics
-            .entry(Arc::from(name))
-            .or_insert_with(|| Arc::new(Topic::new(Arc::from(name), 0)))
-            .clone()
+        insert_topic(&mut topics, name)
     }
 
     /// Forgets the named `consumer` of `topic`, durably: it no longer pins data, and a later
@@ -867,12 +861,12 @@ impl Shared {
     }
 }
 
-impl Topic {
-    /// The offset the writer hands out next: past every entry and every gap.
-    pub(crate) fn next_offset(&self) -> u64 {
-        let gaps_end = lock(&self.gaps).iter().map(|g| g.end).max().unwrap_or(0);
-        self.visible().max(gaps_end)
-    }
+/// The topic `name`, created empty (offsets from 0) if the registry has none.
+fn insert_topic(topics: &mut HashMap<Arc<str>, Arc<Topic>>, name: &str) -> Arc<Topic> {
+    topics
+        .entry(Arc::from(name))
+        .or_insert_with(|| Arc::new(Topic::new(Arc::from(name), 0)))
+        .clone()
 }
 
 /// Creates the directories, takes the lock, recovers segments and loads checkpoints.
