@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::error::Result;
-use crate::io::Io;
+use crate::io::{Io, Trace};
 use crate::storage::lock;
 
 const FILE: &str = "checkpoints";
@@ -58,6 +58,7 @@ pub(crate) struct CheckpointStore {
     /// Consumers registered but not yet persisted: they already pin data against retention.
     pins: Mutex<HashMap<Key, u64>>,
     file: tokio::sync::Mutex<(Arc<File>, u64)>,
+    trace: Trace,
 }
 
 fn encode(out: &mut Vec<u8>, op: u8, topic: &str, consumer: &str, offset: u64) {
@@ -120,7 +121,7 @@ fn decode_one(b: &[u8], pos: usize) -> Option<(u8, String, String, u64, usize)> 
     Some((op, topic, consumer, offset, end))
 }
 
-fn rewrite(dir: &Path, values: &HashMap<Key, u64>) -> io::Result<(File, u64)> {
+fn rewrite(dir: &Path, values: &HashMap<Key, u64>, trace: &Trace) -> io::Result<(File, u64)> {
     let mut buf = Vec::new();
     for ((t, c), off) in values {
         encode(&mut buf, OP_SET, t, c, *off);
@@ -132,17 +133,34 @@ fn rewrite(dir: &Path, values: &HashMap<Key, u64>) -> io::Result<(File, u64)> {
         .create(true)
         .truncate(true)
         .open(&tmp)?;
-    f.write_all_at(&buf, 0)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, dir.join(FILE))?;
-    crate::io::sync_dir(dir)?;
+    trace.created(&tmp, &f);
+    let fill = || -> io::Result<()> {
+        trace.before_create()?;
+        f.write_all_at(&buf, 0)?;
+        trace.wrote(&f, 0, &buf);
+        let token = trace.sync_begin(&f);
+        f.sync_data()?;
+        trace.sync_end(token);
+        Ok(())
+    };
+    if let Err(e) = fill() {
+        // A half-written temp file is never read, but would sit there until the next rewrite.
+        if std::fs::remove_file(&tmp).is_ok() {
+            trace.removed(&tmp);
+        }
+        return Err(e);
+    }
+    let path = dir.join(FILE);
+    std::fs::rename(&tmp, &path)?;
+    trace.renamed(&tmp, &path);
+    crate::io::sync_dir(trace, dir)?;
     Ok((f, buf.len() as u64))
 }
 
 impl CheckpointStore {
     /// Loads the store (a missing or damaged one is a warning, not an error) and rewrites it
     /// compactly.
-    pub(crate) fn open(dir: &Path) -> io::Result<CheckpointStore> {
+    pub(crate) fn open(dir: &Path, trace: Trace) -> io::Result<CheckpointStore> {
         let path = dir.join(FILE);
         let mut values = HashMap::new();
         match std::fs::read(&path) {
@@ -168,10 +186,11 @@ impl CheckpointStore {
             }
             Err(e) => return Err(e),
         }
-        let (file, len) = rewrite(dir, &values)?;
+        let (file, len) = rewrite(dir, &values, &trace)?;
         Ok(CheckpointStore {
             path,
             dir: dir.to_path_buf(),
+            trace,
             values: Mutex::new(values),
             pins: Mutex::new(HashMap::new()),
             file: tokio::sync::Mutex::new((Arc::new(file), len)),
@@ -299,8 +318,8 @@ impl CheckpointStore {
             values.clone()
         };
         if file.1 > COMPACT_AT && file.1 > 4 * (v.len() as u64 * 64) {
-            let dir = self.dir.clone();
-            let (f, len) = crate::io::blocking(move || rewrite(&dir, &v)).await?;
+            let (dir, trace) = (self.dir.clone(), self.trace.clone());
+            let (f, len) = crate::io::blocking(move || rewrite(&dir, &v, &trace)).await?;
             *file = (Arc::new(f), len);
             tracing::debug!(path = %self.path.display(), "checkpoint store compacted");
         }

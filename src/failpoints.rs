@@ -18,8 +18,10 @@
 //! ```
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::CrashJournal;
 
 use tokio::sync::watch;
 
@@ -42,6 +44,11 @@ struct Inner {
     /// The same for syncs.
     syncs_paused: watch::Sender<bool>,
     syncs_blocked: watch::Sender<u32>,
+    creates: AtomicU32,
+    create_errno: AtomicI32,
+    short_writes: AtomicU32,
+    short_errno: AtomicI32,
+    journal: Mutex<Option<CrashJournal>>,
 }
 
 impl Default for FailPoints {
@@ -63,6 +70,11 @@ impl FailPoints {
                 blocked: watch::Sender::new(0),
                 syncs_paused: watch::Sender::new(false),
                 syncs_blocked: watch::Sender::new(0),
+                creates: AtomicU32::new(0),
+                create_errno: AtomicI32::new(libc::ENOSPC),
+                short_writes: AtomicU32::new(0),
+                short_errno: AtomicI32::new(libc::ENOSPC),
+                journal: Mutex::new(None),
             }),
         }
     }
@@ -77,6 +89,35 @@ impl FailPoints {
     pub fn fail_syncs(&self, n: u32, errno: i32) {
         self.inner.sync_errno.store(errno, Ordering::SeqCst);
         self.inner.syncs.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` file creations (segments, the checkpoint store's rewrite) fail with
+    /// `errno` just after the file was created and before anything was written to it, where
+    /// `fallocate` on a full disk fails: the engine must remove what it created.
+    pub fn fail_creates(&self, n: u32, errno: i32) {
+        self.inner.create_errno.store(errno, Ordering::SeqCst);
+        self.inner.creates.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` writes are short: the first half of their bytes reaches the file, then the
+    /// write fails with `errno` (what a write that runs out of space midway returns).
+    pub fn short_writes(&self, n: u32, errno: i32) {
+        self.inner.short_errno.store(errno, Ordering::SeqCst);
+        self.inner.short_writes.store(n, Ordering::SeqCst);
+    }
+
+    /// Records every effect this log has on its files into `journal`, for crash simulation
+    /// (see [`CrashJournal`]). Set it before opening the log.
+    pub fn record_into(&self, journal: &CrashJournal) {
+        *self.inner.journal.lock().unwrap_or_else(|p| p.into_inner()) = Some(journal.clone());
+    }
+
+    pub(crate) fn journal(&self) -> Option<CrashJournal> {
+        self.inner
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Writes wait (before touching the disk) until [`resume_writes`](Self::resume_writes).
@@ -112,9 +153,17 @@ impl FailPoints {
         let _ = rx.wait_for(|b| *b >= n).await;
     }
 
-    pub(crate) async fn before_write(&self) -> io::Result<()> {
+    /// `Ok(Some(errno))`: make this write short, then fail it with `errno`.
+    pub(crate) async fn before_write(&self) -> io::Result<Option<i32>> {
         gate(&self.inner.paused, &self.inner.blocked).await;
-        take(&self.inner.writes, &self.inner.write_errno)
+        take(&self.inner.writes, &self.inner.write_errno)?;
+        Ok(take(&self.inner.short_writes, &self.inner.short_errno)
+            .err()
+            .and_then(|e| e.raw_os_error()))
+    }
+
+    pub(crate) fn before_create(&self) -> io::Result<()> {
+        take(&self.inner.creates, &self.inner.create_errno)
     }
 
     pub(crate) async fn before_sync(&self) -> io::Result<()> {

@@ -52,6 +52,8 @@
 
 mod checkpoint;
 mod config;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod durability;
 mod error;
 #[cfg(feature = "failpoints")]
@@ -71,6 +73,8 @@ pub use config::{
     DEFAULT_MAX_ENTRY_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEGMENT_BYTES, FsyncSchedule,
     IoBackend, MIN_SEGMENT_BYTES, ReadConsistency, WalrusBuilder,
 };
+#[cfg(feature = "failpoints")]
+pub use crash::{CrashImage, CrashJournal};
 pub use error::{Error, Result};
 #[cfg(feature = "failpoints")]
 pub use failpoints::FailPoints;

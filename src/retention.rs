@@ -138,10 +138,11 @@ async fn delete(
         }
     }
     // Unlink first: if that fails, nothing in memory changed and a later pass retries.
-    let (path, dir) = (s.path.clone(), shared.dir.clone());
+    let (path, dir, trace) = (s.path.clone(), shared.dir.clone(), shared.io.trace.clone());
     crate::io::blocking(move || {
         std::fs::remove_file(&path)?;
-        crate::io::sync_dir(&dir)
+        trace.removed(&path);
+        crate::io::sync_dir(&trace, &dir)
     })
     .await?;
     s.deleted.store(true, Ordering::Release);

@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::format::{self, BlockHeader, DecodeError, FrameScan, PAGE, ScanItem, SegmentHeader};
+use crate::io::Trace;
 
 /// File name suffix of segment files.
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
@@ -123,7 +124,12 @@ fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
 
 /// Creates a new segment file of `len` bytes named no earlier than `min_ms`: preallocated, its
 /// header written and synced, the directory synced. A failure leaves no file behind.
-pub(crate) fn create_segment(dir: &Path, min_ms: u64, len: u64) -> io::Result<Segment> {
+pub(crate) fn create_segment(
+    dir: &Path,
+    min_ms: u64,
+    len: u64,
+    trace: &Trace,
+) -> io::Result<Segment> {
     let mut ms = now_ms().max(min_ms);
     let (file, path) = loop {
         let path = dir.join(format!("{ms}{SEGMENT_SUFFIX}"));
@@ -134,13 +140,18 @@ pub(crate) fn create_segment(dir: &Path, min_ms: u64, len: u64) -> io::Result<Se
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
         {
-            Ok(f) => break (f, path),
+            Ok(f) => {
+                trace.created(&path, &f);
+                break (f, path);
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => ms += 1,
             Err(e) => return Err(e),
         }
     };
     let build = || -> io::Result<Segment> {
+        trace.before_create()?;
         preallocate(&file, len)?;
+        trace.extended(&file, len);
         let header = SegmentHeader {
             segment_id: random_u64(),
             created_ms: ms,
@@ -149,8 +160,11 @@ pub(crate) fn create_segment(dir: &Path, min_ms: u64, len: u64) -> io::Result<Se
         let mut h = [0u8; format::SEGMENT_HEADER_LEN];
         header.encode(&mut h);
         file.write_all_at(&h, 0)?;
+        trace.wrote(&file, 0, &h);
+        let token = trace.sync_begin(&file);
         file.sync_data()?;
-        crate::io::sync_dir(dir)?;
+        trace.sync_end(token);
+        crate::io::sync_dir(trace, dir)?;
         let map = map_file(&file, len)?;
         Ok(Segment {
             id: header.segment_id,
@@ -172,8 +186,10 @@ pub(crate) fn create_segment(dir: &Path, min_ms: u64, len: u64) -> io::Result<Se
             Ok(s)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            let _ = crate::io::sync_dir(dir);
+            if std::fs::remove_file(&path).is_ok() {
+                trace.removed(&path);
+            }
+            let _ = crate::io::sync_dir(trace, dir);
             Err(e)
         }
     }
@@ -224,7 +240,7 @@ pub(crate) struct Recovered {
 
 /// Scans every segment in `dir`. Damage is logged, counted and stepped over; only I/O errors
 /// reading the directory or opening a file fail recovery.
-pub(crate) fn recover(dir: &Path) -> io::Result<Recovered> {
+pub(crate) fn recover(dir: &Path, trace: &Trace) -> io::Result<Recovered> {
     let mut names: Vec<(u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -263,6 +279,7 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Recovered> {
             if header_ok && rest_empty {
                 drop(map);
                 std::fs::remove_file(&path)?;
+                trace.removed(&path);
                 removed_any = true;
                 out.deleted_empty += 1;
                 tracing::debug!(path = %path.display(), "deleted a segment that never held data");
@@ -308,7 +325,7 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Recovered> {
         out.segments.push(segment);
     }
     if removed_any {
-        crate::io::sync_dir(dir)?;
+        crate::io::sync_dir(trace, dir)?;
     }
     for blocks in out.topics.values_mut() {
         blocks.sort_by_key(|b| {
@@ -474,6 +491,7 @@ pub(crate) struct Allocator {
     segment_bytes: u64,
     block_bytes: u64,
     state: tokio::sync::Mutex<AllocState>,
+    trace: Trace,
     /// Every live segment, by name.
     pub registry: Mutex<BTreeMap<u64, Arc<Segment>>>,
 }
@@ -492,6 +510,7 @@ impl Allocator {
         block_bytes: u64,
         recovered: &[Arc<Segment>],
         max_ms: u64,
+        trace: Trace,
     ) -> Allocator {
         let registry = recovered.iter().map(|s| (s.ms, s.clone())).collect();
         Allocator {
@@ -504,6 +523,7 @@ impl Allocator {
                 next_ms: max_ms + 1,
                 spare: None,
             }),
+            trace,
             registry: Mutex::new(registry),
         }
     }
@@ -548,8 +568,8 @@ impl Allocator {
         let segment = match segment {
             Some(s) => s,
             None => {
-                let (dir, ms) = (self.dir.clone(), st.next_ms);
-                crate::io::blocking(move || create_segment(&dir, ms, seg_len)).await?
+                let (dir, ms, trace) = (self.dir.clone(), st.next_ms, self.trace.clone());
+                crate::io::blocking(move || create_segment(&dir, ms, seg_len, &trace)).await?
             }
         };
         st.next_ms = st.next_ms.max(segment.ms + 1);
@@ -561,9 +581,10 @@ impl Allocator {
         st.next_pos = PAGE + len;
         if st.spare.is_none() {
             let (dir, ms, size) = (self.dir.clone(), st.next_ms, self.segment_bytes);
+            let trace = self.trace.clone();
             st.next_ms += 1;
             st.spare = Some(tokio::task::spawn_blocking(move || {
-                create_segment(&dir, ms, size)
+                create_segment(&dir, ms, size, &trace)
             }));
         }
         Ok((segment, PAGE, len))
@@ -576,12 +597,13 @@ impl Allocator {
             Some(h) => Some(h.await),
             None => None,
         } {
-            let dir = self.dir.clone();
+            let (dir, trace) = (self.dir.clone(), self.trace.clone());
             let path = s.path.clone();
             drop(s);
             match crate::io::blocking(move || {
                 std::fs::remove_file(&path)?;
-                crate::io::sync_dir(&dir)
+                trace.removed(&path);
+                crate::io::sync_dir(&trace, &dir)
             })
             .await
             {
@@ -621,8 +643,8 @@ mod tests {
         let future = now_ms() + 1_000_000;
         let taken = dir.path().join(format!("{future}{SEGMENT_SUFFIX}"));
         std::fs::write(&taken, b"precious").unwrap();
-        let a = create_segment(dir.path(), future, 64 << 10).unwrap();
-        let b = create_segment(dir.path(), future, 64 << 10).unwrap();
+        let a = create_segment(dir.path(), future, 64 << 10, &Trace::default()).unwrap();
+        let b = create_segment(dir.path(), future, 64 << 10, &Trace::default()).unwrap();
         assert_eq!((a.ms, b.ms), (future + 1, future + 2));
         assert_eq!(std::fs::read(&taken).unwrap(), b"precious");
         assert_eq!(a.len, 64 << 10);
@@ -634,7 +656,14 @@ mod tests {
     async fn blocks_fill_segments_to_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let seg_len = 64 << 10;
-        let alloc = Allocator::new(dir.path().into(), seg_len, 12 << 10, &[], 0);
+        let alloc = Allocator::new(
+            dir.path().into(),
+            seg_len,
+            12 << 10,
+            &[],
+            0,
+            Trace::default(),
+        );
         let mut last_end = 0;
         let mut first = None;
         loop {

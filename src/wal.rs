@@ -17,7 +17,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, IoBackend, ReadConsistency, WalrusBuilder};
 use crate::durability::{self, Durability};
 use crate::error::{Error, Result};
-use crate::io::Io;
+use crate::io::{Io, Trace};
 use crate::reader::Cursor;
 use crate::retention;
 use crate::storage::{self, Allocator, lock};
@@ -192,19 +192,19 @@ impl Walrus {
             Some(k) => config.data_dir.join(namespace_dir(k)?),
             None => config.data_dir.clone(),
         };
+        #[cfg(feature = "failpoints")]
+        let trace = Trace::new(config.fail_points.clone());
+        #[cfg(not(feature = "failpoints"))]
+        let trace = Trace::default();
         let (lock_file, recovered, checkpoints) = {
             let dir = dir.clone();
             let data_dir = config.data_dir.clone();
-            crate::io::blocking(move || Ok(prepare(&data_dir, &dir)))
+            let trace = trace.clone();
+            crate::io::blocking(move || Ok(prepare(&data_dir, &dir, trace)))
                 .await
                 .map_err(Error::Io)??
         };
-        #[allow(unused_mut)]
-        let mut io = Io::select(config.io_backend)?;
-        #[cfg(feature = "failpoints")]
-        {
-            io.faults = config.fail_points.clone();
-        }
+        let io = Io::select(config.io_backend, trace.clone())?;
         tracing::info!(backend = io.kind().name(), dir = %dir.display(), "I/O backend selected");
 
         let alloc = Allocator::new(
@@ -213,6 +213,7 @@ impl Walrus {
             config.block_bytes,
             &recovered.segments,
             recovered.max_ms,
+            trace,
         );
         let (durability, durability_rx) = Durability::new();
         let (stop, stop_rx) = watch::channel(false);
@@ -870,7 +871,11 @@ fn insert_topic(topics: &mut HashMap<Arc<str>, Arc<Topic>>, name: &str) -> Arc<T
 }
 
 /// Creates the directories, takes the lock, recovers segments and loads checkpoints.
-fn prepare(data_dir: &Path, dir: &Path) -> Result<(File, storage::Recovered, CheckpointStore)> {
+fn prepare(
+    data_dir: &Path,
+    dir: &Path,
+    trace: Trace,
+) -> Result<(File, storage::Recovered, CheckpointStore)> {
     if data_dir.exists() && !data_dir.is_dir() {
         return Err(Error::DataDir {
             path: data_dir.to_path_buf(),
@@ -895,8 +900,8 @@ fn prepare(data_dir: &Path, dir: &Path) -> Result<(File, storage::Recovered, Che
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(dir_error(dir)(e)),
     }
-    let recovered = storage::recover(dir).map_err(dir_error(dir))?;
-    let checkpoints = CheckpointStore::open(dir).map_err(dir_error(dir))?;
+    let recovered = storage::recover(dir, &trace).map_err(dir_error(dir))?;
+    let checkpoints = CheckpointStore::open(dir, trace).map_err(dir_error(dir))?;
     Ok((lock_file, recovered, checkpoints))
 }
 

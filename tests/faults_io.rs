@@ -183,3 +183,82 @@ async fn tokio_test_sees_a_waiting_append_wake_when_the_write_completes() {
     assert!(a.is_woken());
     assert_eq!(assert_ready!(a.poll()).unwrap(), 0);
 }
+
+#[tokio::test]
+async fn enospc_creating_a_segment_fails_the_append_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = FailPoints::new();
+    let wal = open(dir.path(), &f, FsyncSchedule::SyncEach).await;
+    // The first append creates the first segment; the disk is full just then.
+    f.fail_creates(1, libc::ENOSPC);
+    let err = wal.append("t", "lost").await.unwrap_err();
+    let io: std::io::Error = err.into();
+    assert_eq!(io.raw_os_error(), Some(libc::ENOSPC));
+    assert!(
+        common::segments(dir.path()).is_empty(),
+        "a half-created segment was left behind"
+    );
+    // Space is back: appends work without a restart.
+    let at = wal.append("t", "kept").await.unwrap();
+    wal.close().await.unwrap();
+    let wal = open(dir.path(), &FailPoints::new(), FsyncSchedule::SyncEach).await;
+    assert_eq!(
+        common::all_entries(&wal, "t").await,
+        vec![(at, b"kept".to_vec())]
+    );
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_checkpoint_rewrite_fails_open_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open(dir.path(), &FailPoints::new(), FsyncSchedule::SyncEach).await;
+    for i in 0..3 {
+        wal.append("t", format!("e{i}")).await.unwrap();
+    }
+    assert!(wal.read_next("t", true).await.unwrap().is_some());
+    wal.close().await.unwrap();
+
+    // Open rewrites the checkpoint store; the disk is full just then.
+    let f = FailPoints::new();
+    f.fail_creates(1, libc::ENOSPC);
+    let err = common::small(dir.path())
+        .fail_points(f)
+        .open()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DataDir { .. }), "{err}");
+    assert!(
+        !dir.path().join("checkpoints.tmp").exists(),
+        "a half-written temp file was left behind"
+    );
+    // The old store is intact: the consumer goes on after the entry it read.
+    let wal = open(dir.path(), &FailPoints::new(), FsyncSchedule::SyncEach).await;
+    let next = wal.read_next("t", true).await.unwrap().unwrap();
+    assert_eq!((next.offset, &next.data[..]), (1, &b"e1"[..]));
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_short_write_fails_its_append_and_its_half_frame_is_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = FailPoints::new();
+    let wal = open(dir.path(), &f, FsyncSchedule::SyncEach).await;
+    let a = wal.append("t", "before").await.unwrap();
+    // Half of the frame reaches the file, then the disk is full.
+    f.short_writes(1, libc::ENOSPC);
+    let err = wal.append("t", vec![7u8; 3000]).await.unwrap_err();
+    let io: std::io::Error = err.into();
+    assert_eq!(io.raw_os_error(), Some(libc::ENOSPC));
+    let c = wal.append("t", "after").await.unwrap();
+    let expected = vec![(a, b"before".to_vec()), (c, b"after".to_vec())];
+    assert_eq!(common::all_entries(&wal, "t").await, expected);
+    wal.close().await.unwrap();
+
+    // Recovery finds the half frame, does not return it, and keeps everything acknowledged.
+    let wal = open(dir.path(), &FailPoints::new(), FsyncSchedule::SyncEach).await;
+    assert_eq!(common::all_entries(&wal, "t").await, expected);
+    let next = wal.append("t", "later").await.unwrap();
+    assert!(next > c);
+    wal.close().await.unwrap();
+}

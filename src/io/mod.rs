@@ -12,6 +12,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::IoBackend;
@@ -23,8 +24,7 @@ pub(crate) mod uring;
 #[derive(Clone)]
 pub(crate) struct Io {
     engine: Engine,
-    #[cfg(feature = "failpoints")]
-    pub faults: Option<crate::FailPoints>,
+    pub trace: Trace,
 }
 
 #[derive(Clone)]
@@ -36,13 +36,9 @@ enum Engine {
 
 impl Io {
     /// Chooses the engine for `wanted`, probing io_uring when it may be used.
-    pub(crate) fn select(wanted: IoBackend) -> crate::Result<Io> {
+    pub(crate) fn select(wanted: IoBackend, trace: Trace) -> crate::Result<Io> {
         let engine = Self::engine(wanted)?;
-        Ok(Io {
-            engine,
-            #[cfg(feature = "failpoints")]
-            faults: None,
-        })
+        Ok(Io { engine, trace })
     }
 
     fn engine(wanted: IoBackend) -> crate::Result<Engine> {
@@ -87,11 +83,37 @@ impl Io {
         buf: Vec<u8>,
     ) -> (Vec<u8>, io::Result<()>) {
         #[cfg(feature = "failpoints")]
-        if let Some(f) = &self.faults
-            && let Err(e) = f.before_write().await
-        {
-            return (buf, Err(e));
+        if let Some(f) = &self.trace.faults {
+            match f.before_write().await {
+                Ok(None) => {}
+                Ok(Some(errno)) => {
+                    // A short write: half of the bytes reach the file, then the device fails.
+                    let half = buf.len() / 2;
+                    let (head, tail) = buf.split_at(half);
+                    let (tail, head) = (tail.to_vec(), head.to_vec());
+                    let (mut head, res) = self.write_raw(file, pos, head).await;
+                    if res.is_ok() {
+                        self.trace.wrote(file, pos, &head);
+                    }
+                    head.extend_from_slice(&tail);
+                    return (head, Err(io::Error::from_raw_os_error(errno)));
+                }
+                Err(e) => return (buf, Err(e)),
+            }
         }
+        let (buf, res) = self.write_raw(file, pos, buf).await;
+        if res.is_ok() {
+            self.trace.wrote(file, pos, &buf);
+        }
+        (buf, res)
+    }
+
+    async fn write_raw(
+        &self,
+        file: &Arc<File>,
+        pos: u64,
+        buf: Vec<u8>,
+    ) -> (Vec<u8>, io::Result<()>) {
         match &self.engine {
             Engine::Blocking => {
                 let file = file.clone();
@@ -114,9 +136,18 @@ impl Io {
     /// `fdatasync(2)` on `file`.
     pub(crate) async fn sync_data(&self, file: &Arc<File>) -> io::Result<()> {
         #[cfg(feature = "failpoints")]
-        if let Some(f) = &self.faults {
+        if let Some(f) = &self.trace.faults {
             f.before_sync().await?;
         }
+        let token = self.trace.sync_begin(file);
+        let res = self.sync_raw(file).await;
+        if res.is_ok() {
+            self.trace.sync_end(token);
+        }
+        res
+    }
+
+    async fn sync_raw(&self, file: &Arc<File>) -> io::Result<()> {
         match &self.engine {
             Engine::Blocking => {
                 let file = file.clone();
@@ -148,6 +179,99 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// fsyncs a directory, so entries created, renamed or removed in it are durable.
-pub(crate) fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+pub(crate) fn sync_dir(trace: &Trace, dir: &Path) -> io::Result<()> {
+    let token = trace.dir_sync_begin(dir);
+    File::open(dir)?.sync_all()?;
+    trace.dir_sync_end(token);
+    Ok(())
+}
+
+/// Where tests see what the engine does to its files (feature `failpoints`): injected faults
+/// on file creation and, for crash simulation, a [`CrashJournal`](crate::CrashJournal) of every
+/// effect. Without the feature it is empty and every method compiles to nothing.
+#[derive(Clone, Default)]
+pub(crate) struct Trace {
+    #[cfg(feature = "failpoints")]
+    pub faults: Option<crate::FailPoints>,
+}
+
+#[cfg(feature = "failpoints")]
+macro_rules! journal {
+    ($self:ident, $j:ident => $body:expr) => {
+        if let Some($j) = $self.faults.as_ref().and_then(|f| f.journal()) {
+            $body;
+        }
+    };
+}
+
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+impl Trace {
+    #[cfg(feature = "failpoints")]
+    pub(crate) fn new(faults: Option<crate::FailPoints>) -> Trace {
+        Trace { faults }
+    }
+
+    /// Before creating a file: an injected failure, if any.
+    pub(crate) fn before_create(&self) -> io::Result<()> {
+        #[cfg(feature = "failpoints")]
+        if let Some(f) = &self.faults {
+            return f.before_create();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn created(&self, path: &Path, file: &File) {
+        #[cfg(feature = "failpoints")]
+        journal!(self, j => j.created(path, file));
+    }
+
+    pub(crate) fn extended(&self, file: &File, len: u64) {
+        #[cfg(feature = "failpoints")]
+        journal!(self, j => j.extended(file, len));
+    }
+
+    pub(crate) fn wrote(&self, file: &File, pos: u64, data: &[u8]) {
+        #[cfg(feature = "failpoints")]
+        journal!(self, j => j.wrote(file, pos, data));
+    }
+
+    pub(crate) fn sync_begin(&self, file: &File) -> Option<u64> {
+        #[cfg(feature = "failpoints")]
+        if let Some(j) = self.faults.as_ref().and_then(|f| f.journal()) {
+            return j.sync_begin(file);
+        }
+        None
+    }
+
+    pub(crate) fn sync_end(&self, token: Option<u64>) {
+        #[cfg(feature = "failpoints")]
+        if let Some(t) = token {
+            journal!(self, j => j.sync_end(t));
+        }
+    }
+
+    pub(crate) fn dir_sync_begin(&self, dir: &Path) -> Option<u64> {
+        #[cfg(feature = "failpoints")]
+        if let Some(j) = self.faults.as_ref().and_then(|f| f.journal()) {
+            return j.dir_sync_begin(dir);
+        }
+        None
+    }
+
+    pub(crate) fn dir_sync_end(&self, token: Option<u64>) {
+        #[cfg(feature = "failpoints")]
+        if let Some(t) = token {
+            journal!(self, j => j.dir_sync_end(t));
+        }
+    }
+
+    pub(crate) fn renamed(&self, from: &Path, to: &Path) {
+        #[cfg(feature = "failpoints")]
+        journal!(self, j => j.renamed(from, to));
+    }
+
+    pub(crate) fn removed(&self, path: &Path) {
+        #[cfg(feature = "failpoints")]
+        journal!(self, j => j.removed(path));
+    }
 }

@@ -1,0 +1,417 @@
+//! Crash-consistency simulation (cargo feature `failpoints`; tests only).
+//!
+//! A [`CrashJournal`] attached to a log (through
+//! [`FailPoints::record_into`](crate::FailPoints::record_into)) records every effect the real
+//! engine has on its files, in the order the effects completed: file and name creation, renames,
+//! removals, writes, size changes, and the start and the successful end of every `fdatasync`
+//! and directory `fsync`. From that history, [`CrashJournal::crash_image`] builds the files a
+//! disk could hold had the machine lost power at any chosen point of it:
+//!
+//! * a file's bytes are what its last completed sync covered (writes that completed before
+//!   that sync *started*), plus an arbitrary subset of the later writes, applied in any order,
+//!   one of them possibly torn at any byte;
+//! * a directory holds what its last completed directory sync covered, plus any prefix of the
+//!   later creations, renames and removals in it (journaling file systems commit metadata in
+//!   order).
+//!
+//! The choices are drawn from a seed, so one `(history, crash point, seed)` always gives the
+//! same image. The image is written to a new directory, where the test reopens it with the
+//! real engine and checks every promise.
+//!
+//! `// NOTE:` this is "record, then enumerate crash states" (as CrashMonkey and ALICE do)
+//! rather than an in-memory file system: the engine under test runs unmodified on real files,
+//! including its io_uring path and its memory maps, and only the crash is simulated. The model
+//! is deliberately pessimistic: it assumes nothing is durable that POSIX does not promise.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The recorded history of one or more logs under one data directory. Clones share it.
+#[derive(Clone, Debug)]
+pub struct CrashJournal {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Debug)]
+struct State {
+    root: PathBuf,
+    /// Files present when recording started, taken as durable: (relative path, bytes).
+    initial: Vec<(PathBuf, Vec<u8>)>,
+    /// Inode numbers of the initial files, in the same order.
+    initial_inos: Vec<u64>,
+    events: Vec<Event>,
+    next_token: u64,
+}
+
+#[derive(Debug)]
+enum Event {
+    Create { path: PathBuf, ino: u64 },
+    Extend { ino: u64, len: u64 },
+    Write { ino: u64, pos: u64, data: Vec<u8> },
+    SyncBegin { ino: u64, token: u64 },
+    SyncEnd { token: u64 },
+    DirSyncBegin { dir: PathBuf, token: u64 },
+    DirSyncEnd { token: u64 },
+    Rename { from: PathBuf, to: PathBuf },
+    Remove { path: PathBuf },
+}
+
+/// What one crash image kept and dropped, for the test's report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrashImage {
+    /// Files in the image.
+    pub files: usize,
+    /// Writes (and size changes) that no completed sync covered.
+    pub unsynced_writes: usize,
+    /// How many of those the image kept.
+    pub kept_writes: usize,
+    /// Whether one kept write was torn.
+    pub torn: bool,
+    /// Directory operations that no completed directory sync covered, and how many were kept.
+    pub unsynced_dir_ops: usize,
+    /// See `unsynced_dir_ops`.
+    pub kept_dir_ops: usize,
+}
+
+/// A tiny deterministic generator (SplitMix64): the image depends on the seed alone.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..=n`.
+    fn upto(&mut self, n: usize) -> usize {
+        (self.next() % (n as u64 + 1)) as usize
+    }
+}
+
+enum FileOp<'a> {
+    Extend(u64),
+    Write(u64, &'a [u8]),
+}
+
+#[derive(Default)]
+struct SimFile<'a> {
+    ops: Vec<FileOp<'a>>,
+    durable: usize,
+}
+
+enum NameOp {
+    Link(OsString, usize),
+    Unlink(OsString),
+    Rename(OsString, OsString),
+}
+
+#[derive(Default)]
+struct SimDir {
+    initial: BTreeMap<OsString, usize>,
+    ops: Vec<NameOp>,
+    durable: usize,
+}
+
+impl CrashJournal {
+    /// Starts recording under `root` (a log's data directory). Files already there count as
+    /// durable: they are what an earlier crash image left.
+    pub fn start(root: &Path) -> io::Result<CrashJournal> {
+        let mut initial = Vec::new();
+        let mut initial_inos = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else if meta.is_file() {
+                    let rel = entry
+                        .path()
+                        .strip_prefix(root)
+                        .map_err(io::Error::other)?
+                        .into();
+                    initial.push((rel, std::fs::read(entry.path())?));
+                    initial_inos.push(meta.ino());
+                }
+            }
+        }
+        Ok(CrashJournal {
+            inner: Arc::new(Mutex::new(State {
+                root: root.to_path_buf(),
+                initial,
+                initial_inos,
+                events: Vec::new(),
+                next_token: 0,
+            })),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The number of recorded effects: a crash point after everything that happened so far.
+    pub fn position(&self) -> usize {
+        self.state().events.len()
+    }
+
+    fn push(&self, e: Event) {
+        self.state().events.push(e);
+    }
+
+    fn rel(&self, path: &Path) -> Option<PathBuf> {
+        let st = self.state();
+        path.strip_prefix(&st.root).ok().map(Path::to_path_buf)
+    }
+
+    pub(crate) fn created(&self, path: &Path, file: &File) {
+        if let (Some(path), Ok(m)) = (self.rel(path), file.metadata()) {
+            self.push(Event::Create { path, ino: m.ino() });
+        }
+    }
+
+    pub(crate) fn extended(&self, file: &File, len: u64) {
+        if let Ok(m) = file.metadata() {
+            self.push(Event::Extend { ino: m.ino(), len });
+        }
+    }
+
+    pub(crate) fn wrote(&self, file: &File, pos: u64, data: &[u8]) {
+        if let Ok(m) = file.metadata() {
+            self.push(Event::Write {
+                ino: m.ino(),
+                pos,
+                data: data.to_vec(),
+            });
+        }
+    }
+
+    pub(crate) fn sync_begin(&self, file: &File) -> Option<u64> {
+        let ino = file.metadata().ok()?.ino();
+        let mut st = self.state();
+        let token = st.next_token;
+        st.next_token += 1;
+        st.events.push(Event::SyncBegin { ino, token });
+        Some(token)
+    }
+
+    pub(crate) fn sync_end(&self, token: u64) {
+        self.push(Event::SyncEnd { token });
+    }
+
+    pub(crate) fn dir_sync_begin(&self, dir: &Path) -> Option<u64> {
+        let dir = self.rel(dir)?;
+        let mut st = self.state();
+        let token = st.next_token;
+        st.next_token += 1;
+        st.events.push(Event::DirSyncBegin { dir, token });
+        Some(token)
+    }
+
+    pub(crate) fn dir_sync_end(&self, token: u64) {
+        self.push(Event::DirSyncEnd { token });
+    }
+
+    pub(crate) fn renamed(&self, from: &Path, to: &Path) {
+        if let (Some(from), Some(to)) = (self.rel(from), self.rel(to)) {
+            self.push(Event::Rename { from, to });
+        }
+    }
+
+    pub(crate) fn removed(&self, path: &Path) {
+        if let Some(path) = self.rel(path) {
+            self.push(Event::Remove { path });
+        }
+    }
+
+    /// Writes to `dest` (a new, empty directory) the files a disk could hold after a power
+    /// loss once the first `at` recorded effects had happened, with the choices the model leaves
+    /// open drawn from `seed`. `dest` then stands in for the data directory.
+    pub fn crash_image(&self, at: usize, seed: u64, dest: &Path) -> io::Result<CrashImage> {
+        let st = self.state();
+        let at = at.min(st.events.len());
+        let mut files: Vec<SimFile<'_>> = Vec::new();
+        let mut dirs: BTreeMap<PathBuf, SimDir> = BTreeMap::new();
+        let mut by_ino: HashMap<u64, usize> = HashMap::new();
+        let split = |p: &Path| -> (PathBuf, OsString) {
+            (
+                p.parent().map(Path::to_path_buf).unwrap_or_default(),
+                p.file_name().map(OsString::from).unwrap_or_default(),
+            )
+        };
+        for ((path, bytes), ino) in st.initial.iter().zip(&st.initial_inos) {
+            let id = files.len();
+            files.push(SimFile {
+                ops: vec![FileOp::Write(0, bytes)],
+                durable: 1,
+            });
+            by_ino.insert(*ino, id);
+            let (dir, name) = split(path);
+            dirs.entry(dir).or_default().initial.insert(name, id);
+        }
+        let mut syncs: HashMap<u64, (usize, usize)> = HashMap::new();
+        let mut dir_syncs: HashMap<u64, (PathBuf, usize)> = HashMap::new();
+        for e in &st.events[..at] {
+            match e {
+                Event::Create { path, ino } => {
+                    let id = files.len();
+                    files.push(SimFile::default());
+                    by_ino.insert(*ino, id);
+                    let (dir, name) = split(path);
+                    dirs.entry(dir)
+                        .or_default()
+                        .ops
+                        .push(NameOp::Link(name, id));
+                }
+                Event::Extend { ino, len } => {
+                    if let Some(&id) = by_ino.get(ino) {
+                        files[id].ops.push(FileOp::Extend(*len));
+                    }
+                }
+                Event::Write { ino, pos, data } => {
+                    if let Some(&id) = by_ino.get(ino) {
+                        files[id].ops.push(FileOp::Write(*pos, data));
+                    }
+                }
+                Event::SyncBegin { ino, token } => {
+                    if let Some(&id) = by_ino.get(ino) {
+                        syncs.insert(*token, (id, files[id].ops.len()));
+                    }
+                }
+                Event::SyncEnd { token } => {
+                    if let Some(&(id, n)) = syncs.get(token) {
+                        files[id].durable = files[id].durable.max(n);
+                    }
+                }
+                Event::DirSyncBegin { dir, token } => {
+                    let n = dirs.entry(dir.clone()).or_default().ops.len();
+                    dir_syncs.insert(*token, (dir.clone(), n));
+                }
+                Event::DirSyncEnd { token } => {
+                    if let Some((dir, n)) = dir_syncs.get(token)
+                        && let Some(d) = dirs.get_mut(dir)
+                    {
+                        d.durable = d.durable.max(*n);
+                    }
+                }
+                Event::Rename { from, to } => {
+                    let (dir, from) = split(from);
+                    let (_, to) = split(to);
+                    dirs.entry(dir)
+                        .or_default()
+                        .ops
+                        .push(NameOp::Rename(from, to));
+                }
+                Event::Remove { path } => {
+                    let (dir, name) = split(path);
+                    dirs.entry(dir).or_default().ops.push(NameOp::Unlink(name));
+                }
+            }
+        }
+        let mut rng = Rng(seed ^ (at as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut report = CrashImage::default();
+        for (dir, d) in &dirs {
+            let cut = d.durable + rng.upto(d.ops.len() - d.durable);
+            report.unsynced_dir_ops += d.ops.len() - d.durable;
+            report.kept_dir_ops += cut - d.durable;
+            let mut names = d.initial.clone();
+            for op in &d.ops[..cut] {
+                match op {
+                    NameOp::Link(n, id) => {
+                        names.insert(n.clone(), *id);
+                    }
+                    NameOp::Unlink(n) => {
+                        names.remove(n);
+                    }
+                    NameOp::Rename(from, to) => {
+                        if let Some(id) = names.remove(from) {
+                            names.insert(to.clone(), id);
+                        }
+                    }
+                }
+            }
+            let out_dir = dest.join(dir);
+            std::fs::create_dir_all(&out_dir)?;
+            for (name, id) in names {
+                let content = image_of(&files[id], &mut rng, &mut report);
+                write_sparse(&out_dir.join(name), &content)?;
+                report.files += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The bytes of one file after the crash: its durable operations, then a random subset of the
+/// rest in random order, one possibly torn.
+fn image_of(f: &SimFile<'_>, rng: &mut Rng, report: &mut CrashImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    let apply = |out: &mut Vec<u8>, op: &FileOp<'_>, cut: Option<usize>| match *op {
+        FileOp::Extend(len) => {
+            if out.len() < len as usize {
+                out.resize(len as usize, 0);
+            }
+        }
+        FileOp::Write(pos, data) => {
+            let data = &data[..cut.unwrap_or(data.len()).min(data.len())];
+            let end = pos as usize + data.len();
+            if out.len() < end {
+                out.resize(end, 0);
+            }
+            out[pos as usize..end].copy_from_slice(data);
+        }
+    };
+    for op in &f.ops[..f.durable] {
+        apply(&mut out, op, None);
+    }
+    let pending = &f.ops[f.durable..];
+    report.unsynced_writes += pending.len();
+    let mut kept: Vec<&FileOp<'_>> = pending.iter().filter(|_| rng.next() & 1 == 1).collect();
+    // Fisher-Yates: the disk may have written them in any order.
+    for i in (1..kept.len()).rev() {
+        kept.swap(i, rng.upto(i));
+    }
+    report.kept_writes += kept.len();
+    let torn = if kept.is_empty() || !rng.next().is_multiple_of(4) {
+        None
+    } else {
+        Some(rng.upto(kept.len() - 1))
+    };
+    for (i, op) in kept.into_iter().enumerate() {
+        let cut = match (torn == Some(i), op) {
+            (true, FileOp::Write(_, data)) => {
+                report.torn = true;
+                Some(rng.upto(data.len()))
+            }
+            _ => None,
+        };
+        apply(&mut out, op, cut);
+    }
+    out
+}
+
+/// Writes `content` leaving its all-zero pages as holes, as preallocated space would be.
+fn write_sparse(path: &Path, content: &[u8]) -> io::Result<()> {
+    let f = File::create_new(path)?;
+    f.set_len(content.len() as u64)?;
+    for (i, page) in content.chunks(4096).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            f.write_all_at(page, i as u64 * 4096)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,676 @@
+//! Crash-consistency simulation: random workloads on the real engine, with every effect on its
+//! files recorded by a `CrashJournal`; then, at thousands of crash points of each history, the
+//! files a disk could hold after a power loss (durable bytes, any subset of unsynced writes in
+//! any order, a torn write, a prefix of unsynced directory operations) are rebuilt in a new
+//! directory, reopened, and every promise is checked:
+//!
+//! * every append acknowledged under `SyncEach`, and every one acknowledged before a completed
+//!   `sync()` or `close()`, is present (unless a consumer's durable checkpoint had passed it);
+//! * no entry is returned that was not appended, none twice, none at another offset, and a
+//!   batch is there whole or not at all;
+//! * a consumer's recovered checkpoint is never beyond what it was delivered, and under
+//!   `AtLeastOnce { persist_every: n }` at most `n` behind what it acknowledged (`0` under
+//!   `StrictlyAtOnce`);
+//! * offsets handed out after the restart never go below a recovered checkpoint.
+//!
+//! Half the workloads also inject faults (EIO and ENOSPC on writes, failed fsyncs, ENOSPC on
+//! file creation, short writes). One crash image per workload is reopened and run again,
+//! recorded, and crashed a second time.
+//!
+//! Default: 10,000 crash points (about half a minute). Long mode:
+//! `WALRUS_SIM_CRASH_POINTS=1000000 cargo test --release --all-features --test crash_sim`.
+//! A failure prints its seed: `WALRUS_SIM_SEED=<seed>` reruns that workload (the seed fixes the
+//! workload, the faults and every crash choice; task timing inside the engine can still vary, so
+//! the failing image is also kept on disk and its path printed).
+//!
+//! Needs `--features failpoints`.
+#![cfg(feature = "failpoints")]
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use futures::future::join_all;
+use walrus_async::{
+    CrashJournal, Error, FailPoints, FsyncSchedule, ReadConsistency, TopicStream, Walrus,
+};
+
+const TOPICS: [&str; 3] = ["t0", "t1", "t2"];
+const CONSUMER: &str = "c";
+
+/// SplitMix64: small, seedable, good enough to pick operations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The payload of entry `id`: its id, then bytes derived from it, of a length derived from it.
+fn payload(id: u64) -> Vec<u8> {
+    let mut r = Rng(id.wrapping_mul(31).wrapping_add(7));
+    let len = 8 + r.below(700) as usize;
+    let mut v = id.to_le_bytes().to_vec();
+    v.extend((8..len).map(|i| (r.next() as u8) ^ (i as u8)));
+    v
+}
+
+#[derive(Clone, Debug)]
+struct Rec {
+    topic: usize,
+    /// The offset the append returned, if it succeeded.
+    offset: Option<u64>,
+    batch: Option<u64>,
+    /// Journal position after which it must survive a crash.
+    durable_at: Option<usize>,
+    /// Journal position when its append returned.
+    done_at: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ConsumerModel {
+    /// (journal position, delivered end: one past the last offset delivered).
+    delivered: Vec<(usize, u64)>,
+    /// (journal position after the ack returned, acknowledged next offset).
+    acked: Vec<(usize, u64)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    fsync: FsyncSchedule,
+    consistency: ReadConsistency,
+    faults: bool,
+}
+
+impl Settings {
+    fn from_seed(seed: u64) -> Settings {
+        let mut r = Rng(seed ^ 0x5EED);
+        let fsync = match r.below(3) {
+            0 => FsyncSchedule::SyncEach,
+            1 => FsyncSchedule::NoFsync,
+            _ => FsyncSchedule::Milliseconds(1),
+        };
+        let consistency = match r.below(2) {
+            0 => ReadConsistency::StrictlyAtOnce,
+            _ => ReadConsistency::AtLeastOnce {
+                persist_every: 1 + r.below(4) as u32,
+            },
+        };
+        Settings {
+            fsync,
+            consistency,
+            faults: r.below(2) == 0,
+        }
+    }
+
+    fn redelivery(&self) -> u64 {
+        match self.consistency {
+            ReadConsistency::StrictlyAtOnce => 0,
+            ReadConsistency::AtLeastOnce { persist_every } => u64::from(persist_every.max(1)),
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Totals {
+    workloads: u64,
+    crash_points: u64,
+    entries_checked: u64,
+    unsynced_writes: u64,
+    kept_writes: u64,
+    torn: u64,
+    dir_ops_dropped: u64,
+    faults: u64,
+    failed_appends: u64,
+    second_crashes: u64,
+}
+
+/// Entry and batch ids, unique across the lifetimes of one workload.
+#[derive(Default)]
+struct Ids {
+    entry: u64,
+    batch: u64,
+}
+
+/// One recorded lifetime of a log and what the workload learned while running it.
+struct Epoch {
+    journal: CrashJournal,
+    entries: HashMap<u64, Rec>,
+    batches: HashMap<u64, Range<u64>>,
+    consumers: Vec<ConsumerModel>,
+}
+
+fn builder(dir: &Path, s: Settings, faults: &FailPoints) -> walrus_async::WalrusBuilder {
+    Walrus::builder()
+        .data_dir(dir)
+        .segment_bytes(walrus_async::MIN_SEGMENT_BYTES)
+        .block_bytes(4096)
+        .fsync(s.fsync)
+        .consistency(s.consistency)
+        .fail_points(faults.clone())
+}
+
+/// Runs `ops` random operations on the log in `dir` (recorded from its open on), then drops it.
+async fn run_epoch(
+    dir: &Path,
+    s: Settings,
+    rng: &mut Rng,
+    ids: &mut Ids,
+    ops: usize,
+    totals: &mut Totals,
+) -> Epoch {
+    let journal = CrashJournal::start(dir).unwrap();
+    let faults = FailPoints::new();
+    faults.record_into(&journal);
+    let wal = builder(dir, s, &faults).open().await.unwrap();
+    let mut ep = Epoch {
+        journal: journal.clone(),
+        entries: HashMap::new(),
+        batches: HashMap::new(),
+        consumers: vec![ConsumerModel::default(); TOPICS.len()],
+    };
+    let mut streams: Vec<Option<TopicStream>> = (0..TOPICS.len()).map(|_| None).collect();
+    let mut max_ok: Vec<Option<u64>> = vec![None; TOPICS.len()];
+    let sync_each = matches!(s.fsync, FsyncSchedule::SyncEach);
+    for _ in 0..ops {
+        let roll = rng.below(100);
+        match roll {
+            0..45 => {
+                let k = 1 + rng.below(6);
+                let jobs: Vec<(u64, usize)> = (0..k)
+                    .map(|_| {
+                        ids.entry += 1;
+                        (ids.entry, rng.below(TOPICS.len() as u64) as usize)
+                    })
+                    .collect();
+                let results = join_all(jobs.iter().map(|&(id, t)| {
+                    let (wal, journal) = (&wal, &journal);
+                    async move {
+                        let r = wal.append(TOPICS[t], payload(id)).await;
+                        (r, journal.position())
+                    }
+                }))
+                .await;
+                for (&(id, t), (r, at)) in jobs.iter().zip(results) {
+                    if r.is_err() {
+                        totals.failed_appends += 1;
+                    }
+                    let offset = r.ok();
+                    if let Some(o) = offset {
+                        max_ok[t] = Some(max_ok[t].map_or(o, |m| m.max(o)));
+                    }
+                    ep.entries.insert(
+                        id,
+                        Rec {
+                            topic: t,
+                            offset,
+                            batch: None,
+                            durable_at: offset.filter(|_| sync_each).map(|_| at),
+                            done_at: at,
+                        },
+                    );
+                }
+            }
+            45..57 => {
+                let t = rng.below(TOPICS.len() as u64) as usize;
+                let n = 1 + rng.below(12);
+                let batch: Vec<u64> = (0..n)
+                    .map(|_| {
+                        ids.entry += 1;
+                        ids.entry
+                    })
+                    .collect();
+                let r = wal
+                    .append_batch(TOPICS[t], batch.iter().map(|&id| payload(id)))
+                    .await;
+                let at = journal.position();
+                ids.batch += 1;
+                let batch_id = ids.batch;
+                if let Ok(range) = &r {
+                    assert_eq!(range.end - range.start, n);
+                    ep.batches.insert(batch_id, range.clone());
+                    max_ok[t] = Some(range.end - 1);
+                } else {
+                    totals.failed_appends += n;
+                }
+                for (i, &id) in batch.iter().enumerate() {
+                    let offset = r.as_ref().ok().map(|range| range.start + i as u64);
+                    ep.entries.insert(
+                        id,
+                        Rec {
+                            topic: t,
+                            offset,
+                            batch: offset.map(|_| batch_id),
+                            durable_at: offset.filter(|_| sync_each).map(|_| at),
+                            done_at: at,
+                        },
+                    );
+                }
+            }
+            57..75 => {
+                let t = rng.below(TOPICS.len() as u64) as usize;
+                if streams[t].is_none() {
+                    let st = wal.subscribe_as(TOPICS[t], CONSUMER).unwrap();
+                    ep.consumers[t]
+                        .delivered
+                        .push((journal.position(), st.checkpoint()));
+                    streams[t] = Some(st);
+                }
+                let st = streams[t].as_mut().unwrap();
+                let end = ep.consumers[t].delivered.last().map_or(0, |d| d.1);
+                // Read only what is there, so the call cannot wait.
+                if max_ok[t].is_some_and(|m| m >= end.max(st.checkpoint())) {
+                    let got = match st.next_batch(1 + rng.below(4000) as usize).await {
+                        Ok(got) => got,
+                        Err(Error::Truncated { .. }) => continue,
+                        // An injected fault failed the consumer's registration: start over.
+                        Err(_) if s.faults => {
+                            streams[t] = None;
+                            continue;
+                        }
+                        Err(e) => panic!("read failed: {e}"),
+                    };
+                    let Some(last) = got.last() else { continue };
+                    let delivered_end = last.offset + 1;
+                    ep.consumers[t]
+                        .delivered
+                        .push((journal.position(), delivered_end));
+                    let upto = got[rng.below(got.len() as u64) as usize].offset;
+                    if st.ack(upto).await.is_ok() {
+                        ep.consumers[t].acked.push((journal.position(), upto + 1));
+                    }
+                }
+            }
+            75..81 => {
+                let start = journal.position();
+                if wal.sync().await.is_ok() {
+                    let at = journal.position();
+                    for r in ep.entries.values_mut() {
+                        if r.offset.is_some() && r.done_at <= start {
+                            r.durable_at = Some(r.durable_at.map_or(at, |d| d.min(at)));
+                        }
+                    }
+                }
+            }
+            81..84 => {
+                // Dropping a stream persists its unpersisted acks in a spawned task.
+                let t = rng.below(TOPICS.len() as u64) as usize;
+                streams[t] = None;
+            }
+            84..87 => {
+                let _ = wal.reclaim().await;
+            }
+            87..92 if s.faults => {
+                totals.faults += 1;
+                match rng.below(5) {
+                    0 => faults.fail_writes(1, libc::EIO),
+                    1 => faults.fail_writes(1, libc::ENOSPC),
+                    2 => faults.fail_syncs(1, libc::EIO),
+                    3 => faults.fail_creates(1, libc::ENOSPC),
+                    _ => faults.short_writes(1, libc::ENOSPC),
+                }
+            }
+            _ => {
+                ids.entry += 1;
+                let id = ids.entry;
+                let t = rng.below(TOPICS.len() as u64) as usize;
+                let r = wal.append(TOPICS[t], payload(id)).await;
+                let at = journal.position();
+                if r.is_err() {
+                    totals.failed_appends += 1;
+                }
+                let offset = r.ok();
+                if let Some(o) = offset {
+                    max_ok[t] = Some(max_ok[t].map_or(o, |m| m.max(o)));
+                }
+                ep.entries.insert(
+                    id,
+                    Rec {
+                        topic: t,
+                        offset,
+                        batch: None,
+                        durable_at: offset.filter(|_| sync_each).map(|_| at),
+                        done_at: at,
+                    },
+                );
+            }
+        }
+    }
+    // Faults still armed would fail the close; disarm them.
+    faults.fail_writes(0, 0);
+    faults.fail_syncs(0, 0);
+    faults.fail_creates(0, 0);
+    faults.short_writes(0, 0);
+    drop(streams);
+    if rng.below(2) == 0 {
+        let start = journal.position();
+        if wal.close().await.is_ok() {
+            let at = journal.position();
+            for r in ep.entries.values_mut() {
+                if r.offset.is_some() && r.done_at <= start {
+                    r.durable_at = Some(r.durable_at.map_or(at, |d| d.min(at)));
+                }
+            }
+        }
+    }
+    drop(wal);
+    ep
+}
+
+/// Every entry of `topic`, in offset order, stepping over deleted ranges.
+async fn read_all(wal: &Walrus, topic: &str) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut at = 0u64;
+    loop {
+        match wal.read_at(topic, at, 1 << 20).await {
+            Ok(v) if v.is_empty() => return out,
+            Ok(v) => {
+                at = v.last().unwrap().offset + 1;
+                out.extend(v.into_iter().map(|e| (e.offset, e.data.to_vec())));
+            }
+            Err(Error::Truncated { oldest, .. }) if oldest > at => at = oldest,
+            Err(e) => panic!("read_at({topic}, {at}) failed: {e}"),
+        }
+    }
+}
+
+/// What the reopened image held, for a second epoch to build on.
+struct Survivors {
+    entries: HashMap<u64, Rec>,
+    checkpoints: Vec<Option<u64>>,
+}
+
+/// Reopens the crash image in `dir` and checks every promise for crash point `at`.
+async fn check_image(
+    dir: &Path,
+    s: Settings,
+    ep: &Epoch,
+    at: usize,
+    probe: bool,
+    totals: &mut Totals,
+) -> Result<Survivors, String> {
+    let wal = Walrus::builder()
+        .data_dir(dir)
+        .segment_bytes(walrus_async::MIN_SEGMENT_BYTES)
+        .block_bytes(4096)
+        .fsync(FsyncSchedule::NoFsync)
+        .consistency(s.consistency)
+        .open()
+        .await
+        .map_err(|e| format!("reopen failed: {e}"))?;
+    let mut survivors = Survivors {
+        entries: HashMap::new(),
+        checkpoints: vec![None; TOPICS.len()],
+    };
+    let mut batch_seen: HashMap<u64, u64> = HashMap::new();
+    for (t, topic) in TOPICS.iter().enumerate() {
+        let entries = read_all(&wal, topic).await;
+        totals.entries_checked += entries.len() as u64;
+        let mut prev: Option<u64> = None;
+        for (offset, data) in &entries {
+            if prev.is_some_and(|p| p >= *offset) {
+                return Err(format!("{topic}: offset {offset} after {prev:?}"));
+            }
+            prev = Some(*offset);
+            let id = data
+                .get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                .ok_or_else(|| format!("{topic}@{offset}: entry too short"))?;
+            let rec = ep
+                .entries
+                .get(&id)
+                .ok_or_else(|| format!("{topic}@{offset}: entry {id} was never appended"))?;
+            if rec.topic != t || *data != payload(id) {
+                return Err(format!(
+                    "{topic}@{offset}: entry {id} has wrong topic or bytes"
+                ));
+            }
+            match rec.offset {
+                Some(o) if o != *offset => {
+                    return Err(format!(
+                        "{topic}@{offset}: entry {id} was appended at offset {o}"
+                    ));
+                }
+                Some(_) => {}
+                // A failed append's entry may exist after a crash only if its bytes were written
+                // (its fsync failed, so the outcome was unknown) — at an offset nobody else has.
+                None if !s.faults => {
+                    return Err(format!("{topic}@{offset}: entry {id} of a failed append"));
+                }
+                None => {}
+            }
+            if let Some(b) = rec.batch {
+                *batch_seen.entry(b).or_default() += 1;
+            }
+            survivors.entries.insert(
+                id,
+                Rec {
+                    offset: Some(*offset),
+                    durable_at: Some(0),
+                    done_at: 0,
+                    ..rec.clone()
+                },
+            );
+        }
+        // The consumer's checkpoint, as recovered.
+        let c_model = &ep.consumers[t];
+        let delivered = c_model
+            .delivered
+            .iter()
+            .filter(|d| d.0 <= at)
+            .map(|d| d.1)
+            .max();
+        let acked = c_model
+            .acked
+            .iter()
+            .filter(|a| a.0 <= at)
+            .map(|a| a.1)
+            .max();
+        let mut floor = 0;
+        if let Some(delivered) = delivered {
+            let st = wal
+                .subscribe_as(topic, CONSUMER)
+                .map_err(|e| format!("subscribe: {e}"))?;
+            let c = st.checkpoint();
+            drop(st);
+            survivors.checkpoints[t] = Some(c);
+            // Past what was delivered is fine only where no entry survived (an unregistered
+            // consumer starts at the oldest entry); skipping an existing entry is not.
+            if let Some((skipped, _)) = entries.iter().find(|e| e.0 >= delivered && e.0 < c) {
+                return Err(format!(
+                    "{topic}: checkpoint {c} skips entry {skipped}, never delivered (delivered up to {delivered})"
+                ));
+            }
+            if let Some(a) = acked
+                && c + s.redelivery() < a
+            {
+                return Err(format!(
+                    "{topic}: checkpoint {c} but {a} was acknowledged (redelivery allowed: {})",
+                    s.redelivery()
+                ));
+            }
+            floor = c;
+        }
+        for (id, rec) in &ep.entries {
+            if rec.topic == t
+                && rec.durable_at.is_some_and(|d| d <= at)
+                && rec.offset.is_some_and(|o| o >= floor)
+                && !survivors.entries.contains_key(id)
+            {
+                return Err(format!(
+                    "{topic}: durable entry {id} at offset {:?} lost",
+                    rec.offset
+                ));
+            }
+        }
+        if probe {
+            let o = wal
+                .append(topic, payload(u64::MAX - t as u64))
+                .await
+                .map_err(|e| format!("append after reopen: {e}"))?;
+            let last = entries.last().map_or(0, |e| e.0 + 1);
+            if o < last || o < floor {
+                return Err(format!(
+                    "{topic}: new offset {o} below {last} (last entry) or {floor} (checkpoint)"
+                ));
+            }
+        }
+    }
+    for (b, seen) in batch_seen {
+        let len = ep.batches[&b].end - ep.batches[&b].start;
+        if seen != len {
+            return Err(format!("batch {b}: {seen} of {len} entries survived"));
+        }
+    }
+    wal.close().await.map_err(|e| format!("close: {e}"))?;
+    Ok(survivors)
+}
+
+fn scratch_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Crash points of one history: where acknowledgements happened (the moments promises start
+/// to hold) and uniformly random ones.
+fn crash_points(ep: &Epoch, n: usize, rng: &mut Rng) -> Vec<usize> {
+    let len = ep.journal.position();
+    let mut marks: Vec<usize> = ep
+        .entries
+        .values()
+        .map(|r| r.done_at)
+        .chain(
+            ep.consumers
+                .iter()
+                .flat_map(|c| c.acked.iter().map(|a| a.0)),
+        )
+        .collect();
+    marks.sort_unstable();
+    marks.dedup();
+    let mut out = vec![len];
+    while out.len() < n {
+        if rng.below(3) == 0 && !marks.is_empty() {
+            out.push(marks[rng.below(marks.len() as u64) as usize]);
+        } else {
+            out.push(rng.below(len as u64 + 1) as usize);
+        }
+    }
+    out
+}
+
+async fn run_seed(seed: u64, points: usize, totals: &mut Totals) {
+    let s = Settings::from_seed(seed);
+    let mut rng = Rng(seed);
+    let mut ids = Ids::default();
+    let root = tempfile::tempdir_in(scratch_root()).unwrap();
+    let live = root.path().join("live");
+    let ep = run_epoch(&live, s, &mut rng, &mut ids, 60, totals).await;
+    totals.workloads += 1;
+    let chained = rng.below(points as u64) as usize;
+    for (i, at) in crash_points(&ep, points, &mut rng).into_iter().enumerate() {
+        let image = root.path().join(format!("crash-{i}"));
+        let crash_seed = rng.next();
+        let report = ep.journal.crash_image(at, crash_seed, &image).unwrap();
+        totals.crash_points += 1;
+        totals.unsynced_writes += report.unsynced_writes as u64;
+        totals.kept_writes += report.kept_writes as u64;
+        totals.torn += u64::from(report.torn);
+        totals.dir_ops_dropped += (report.unsynced_dir_ops - report.kept_dir_ops) as u64;
+        let probe = i % 8 == 0 && i != chained;
+        match check_image(&image, s, &ep, at, probe, totals).await {
+            Ok(survivors) if i == chained => {
+                // Run again on the recovered files, then crash that lifetime too.
+                let mut ep2 = run_epoch(&image, s, &mut rng, &mut ids, 30, totals).await;
+                for (id, rec) in survivors.entries {
+                    ep2.entries.entry(id).or_insert(rec);
+                }
+                for (t, c) in survivors.checkpoints.iter().enumerate() {
+                    if let Some(c) = *c {
+                        ep2.consumers[t].delivered.insert(0, (0, c));
+                        ep2.consumers[t].acked.insert(0, (0, c));
+                    }
+                }
+                // Batch ids are unique across lifetimes (`Ids`).
+                ep2.batches
+                    .extend(ep.batches.iter().map(|(k, v)| (*k, v.clone())));
+                for (j, at2) in crash_points(&ep2, 8, &mut rng).into_iter().enumerate() {
+                    let image2 = root.path().join(format!("crash-{i}-again-{j}"));
+                    ep2.journal.crash_image(at2, rng.next(), &image2).unwrap();
+                    totals.second_crashes += 1;
+                    if let Err(why) = check_image(&image2, s, &ep2, at2, false, totals).await {
+                        let kept = image2.clone();
+                        std::mem::forget(root);
+                        panic!(
+                            "seed {seed}: second crash at {at2} of {}: {why}\n\
+                             image kept in {}\nsettings: {s:?}\n\
+                             replay: WALRUS_SIM_SEED={seed} cargo test --all-features --test crash_sim",
+                            ep2.journal.position(),
+                            kept.display()
+                        );
+                    }
+                    std::fs::remove_dir_all(&image2).unwrap();
+                }
+            }
+            Ok(_) => {}
+            Err(why) => {
+                let kept = image.clone();
+                std::mem::forget(root);
+                panic!(
+                    "seed {seed}: crash at {at} of {} (image seed {crash_seed}): {why}\n\
+                     image kept in {}\nsettings: {s:?}\n\
+                     replay: WALRUS_SIM_SEED={seed} cargo test --all-features --test crash_sim",
+                    ep.journal.position(),
+                    kept.display()
+                );
+            }
+        }
+        std::fs::remove_dir_all(&image).unwrap();
+    }
+}
+
+#[test]
+fn crash_points_keep_every_promise() {
+    let total_points = env_u64("WALRUS_SIM_CRASH_POINTS").unwrap_or(10_000) as usize;
+    let per_workload = 250;
+    let seeds: Vec<u64> = match env_u64("WALRUS_SIM_SEED") {
+        Some(s) => vec![s],
+        None => {
+            let base = env_u64("WALRUS_SIM_BASE_SEED").unwrap_or(0xC0FFEE);
+            (0..total_points.div_ceil(per_workload) as u64)
+                .map(|i| base.wrapping_add(i))
+                .collect()
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut totals = Totals::default();
+    rt.block_on(async {
+        for seed in seeds {
+            run_seed(seed, per_workload, &mut totals).await;
+        }
+    });
+    eprintln!("crash simulation: {totals:?}");
+    assert!(totals.crash_points as usize >= total_points.min(per_workload));
+    assert!(
+        totals.kept_writes > 0 && totals.torn > 0,
+        "the model never dropped or tore anything"
+    );
+}
