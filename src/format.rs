@@ -28,10 +28,10 @@ pub const PAGE: u64 = 4096;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WALRUSAS";
 /// Magic at the start of every block.
 pub const BLOCK_MAGIC: [u8; 4] = *b"WBLK";
-/// On-disk format version written by this crate.
-pub const FORMAT_VERSION: u16 = 1;
+/// On-disk format version written by this crate (2: segment headers carry the log id).
+pub const FORMAT_VERSION: u16 = 2;
 /// Bytes of the segment header that carry data (the rest of the first page is zero).
-pub const SEGMENT_HEADER_LEN: usize = 48;
+pub const SEGMENT_HEADER_LEN: usize = 56;
 /// Fixed part of a block header; the topic name follows.
 pub const BLOCK_HEADER_FIXED: usize = 40;
 /// Size of a frame header.
@@ -109,6 +109,9 @@ pub struct SegmentHeader {
     pub created_ms: u64,
     /// Length the file was created with.
     pub len: u64,
+    /// Random id of the log (namespace) that created the file: recovery ignores segments of
+    /// another log that were copied or moved into this one's directory.
+    pub log_id: u64,
 }
 
 impl SegmentHeader {
@@ -120,8 +123,9 @@ impl SegmentHeader {
         out[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         out[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
         out[32..40].copy_from_slice(&self.len.to_le_bytes());
-        let crc = crc32fast::hash(&out[0..40]);
-        out[40..44].copy_from_slice(&crc.to_le_bytes());
+        out[40..48].copy_from_slice(&self.log_id.to_le_bytes());
+        let crc = crc32fast::hash(&out[0..48]);
+        out[48..52].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Decodes a segment header from the start of a file.
@@ -133,8 +137,8 @@ impl SegmentHeader {
         if h[0..8] != SEGMENT_MAGIC {
             return Err(DecodeError::Magic);
         }
-        let crc = le_u32(h, 40).ok_or(DecodeError::Short)?;
-        if crc != crc32fast::hash(&h[0..40]) {
+        let crc = le_u32(h, 48).ok_or(DecodeError::Short)?;
+        if crc != crc32fast::hash(&h[0..48]) {
             return Err(DecodeError::Checksum);
         }
         let version = le_u16(h, 8).ok_or(DecodeError::Short)?;
@@ -142,13 +146,14 @@ impl SegmentHeader {
             return Err(DecodeError::Version(version));
         }
         // Reserved bytes are outside the checksum: they must be zero until given a meaning.
-        if h[10..16].iter().chain(&h[44..48]).any(|&b| b != 0) {
+        if h[10..16].iter().chain(&h[52..56]).any(|&b| b != 0) {
             return Err(DecodeError::Field("reserved bytes"));
         }
         Ok(SegmentHeader {
             segment_id: le_u64(h, 16).ok_or(DecodeError::Short)?,
             created_ms: le_u64(h, 24).ok_or(DecodeError::Short)?,
             len: le_u64(h, 32).ok_or(DecodeError::Short)?,
+            log_id: le_u64(h, 40).ok_or(DecodeError::Short)?,
         })
     }
 }
@@ -626,16 +631,20 @@ mod tests {
             segment_id: 7,
             created_ms: 1234,
             len: 1 << 20,
+            log_id: 99,
         };
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         h.encode(&mut b);
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
-        for i in 0..44 {
+        for i in 0..52 {
             let mut c = b;
             c[i] ^= 1;
             assert!(SegmentHeader::decode(&c).is_err(), "flip at {i}");
         }
-        assert_eq!(SegmentHeader::decode(&[0; 48]), Err(DecodeError::Zero));
+        assert_eq!(
+            SegmentHeader::decode(&[0; SEGMENT_HEADER_LEN]),
+            Err(DecodeError::Zero)
+        );
         assert_eq!(SegmentHeader::decode(&b[..10]), Err(DecodeError::Short));
     }
 
@@ -663,9 +672,10 @@ mod tests {
             segment_id: 1,
             created_ms: 2,
             len: 3,
+            log_id: 4,
         }
         .encode(&mut b);
-        b[45] = 1;
+        b[53] = 1;
         assert_eq!(
             SegmentHeader::decode(&b),
             Err(DecodeError::Field("reserved bytes"))

@@ -122,12 +122,68 @@ fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(map))
 }
 
+/// Name of the file holding the log's id (8 bytes little-endian, then their CRC-32).
+const LOG_ID_FILE: &str = "LOG_ID";
+
+/// The id of the log in `dir`, which every segment header carries. Created on first open; when
+/// the file is missing or damaged, the id of the newest segment with a valid header is taken
+/// back (that is the file this log wrote last), else a new one is drawn.
+pub(crate) fn log_id(dir: &Path, trace: &Trace) -> io::Result<u64> {
+    let path = dir.join(LOG_ID_FILE);
+    match std::fs::read(&path) {
+        Ok(b) if b.len() == 12 && crc32fast::hash(&b[..8]).to_le_bytes() == b[8..12] => {
+            return Ok(u64::from_le_bytes(b[..8].try_into().expect("8 bytes")));
+        }
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "damaged log id file; taking the id back from the newest segment")
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut newest: Option<(u64, u64)> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(ms) = entry.file_name().to_str().and_then(segment_ms) else {
+            continue;
+        };
+        let mut h = [0u8; format::SEGMENT_HEADER_LEN];
+        let read = File::open(entry.path()).and_then(|f| f.read_exact_at(&mut h, 0));
+        if let (Ok(()), Ok(header)) = (read, SegmentHeader::decode(&h))
+            && newest.is_none_or(|(m, _)| ms > m)
+        {
+            newest = Some((ms, header.log_id));
+        }
+    }
+    let id = match newest {
+        Some((_, id)) => {
+            tracing::warn!(path = %path.display(), "log id file missing; taken from the newest segment");
+            id
+        }
+        None => random_u64(),
+    };
+    let mut b = id.to_le_bytes().to_vec();
+    b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
+    let tmp = dir.join("LOG_ID.tmp");
+    let f = File::create(&tmp)?;
+    trace.created(&tmp, &f);
+    f.write_all_at(&b, 0)?;
+    trace.wrote(&f, 0, &b);
+    let token = trace.sync_begin(&f);
+    f.sync_data()?;
+    trace.sync_end(token);
+    std::fs::rename(&tmp, &path)?;
+    trace.renamed(&tmp, &path);
+    crate::io::sync_dir(trace, dir)?;
+    Ok(id)
+}
+
 /// Creates a new segment file of `len` bytes named no earlier than `min_ms`: preallocated, its
 /// header written and synced, the directory synced. A failure leaves no file behind.
 pub(crate) fn create_segment(
     dir: &Path,
     min_ms: u64,
     len: u64,
+    log_id: u64,
     trace: &Trace,
 ) -> io::Result<Segment> {
     let mut ms = now_ms().max(min_ms);
@@ -156,6 +212,7 @@ pub(crate) fn create_segment(
             segment_id: random_u64(),
             created_ms: ms,
             len,
+            log_id,
         };
         let mut h = [0u8; format::SEGMENT_HEADER_LEN];
         header.encode(&mut h);
@@ -236,11 +293,15 @@ pub(crate) struct Recovered {
     pub checksum_failures: u64,
     pub max_ms: u64,
     pub deleted_empty: u64,
+    /// Segments of another log found in the directory (ignored, left in place).
+    pub foreign: u64,
+    /// This log's id (see [`log_id`]).
+    pub log_id: u64,
 }
 
 /// Scans every segment in `dir`. Damage is logged, counted and stepped over; only I/O errors
 /// reading the directory or opening a file fail recovery.
-pub(crate) fn recover(dir: &Path, trace: &Trace) -> io::Result<Recovered> {
+pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Recovered> {
     let mut names: Vec<(u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -251,13 +312,25 @@ pub(crate) fn recover(dir: &Path, trace: &Trace) -> io::Result<Recovered> {
         }
     }
     names.sort();
-    let mut out = Recovered::default();
+    let mut out = Recovered {
+        log_id,
+        ..Recovered::default()
+    };
     let mut removed_any = false;
     for (ms, path) in names {
         out.max_ms = out.max_ms.max(ms);
         let file = OpenOptions::new().read(true).open(&path)?;
         let len = file.metadata()?.len();
         let map = map_file(&file, len)?;
+        if let Ok(h) = SegmentHeader::decode(&map)
+            && h.log_id != log_id
+        {
+            // Copied or moved here from another log: its offsets are not this log's.
+            tracing::warn!(path = %path.display(), "segment belongs to another log; ignored and left in place");
+            out.foreign += 1;
+            out.checksum_failures += 1;
+            continue;
+        }
         let next_data = |pos: u64| next_data(&file, pos);
         let (segment_id, blocks, failures) = scan_segment(&path, &map, next_data);
         let Some(segment_id) = segment_id.filter(|_| !blocks.is_empty()) else {
@@ -488,6 +561,7 @@ fn scan_segment(
 /// Hands out blocks, rolling to new segment files; keeps one spare segment created ahead.
 pub(crate) struct Allocator {
     dir: PathBuf,
+    log_id: u64,
     segment_bytes: u64,
     block_bytes: u64,
     state: tokio::sync::Mutex<AllocState>,
@@ -510,11 +584,13 @@ impl Allocator {
         block_bytes: u64,
         recovered: &[Arc<Segment>],
         max_ms: u64,
+        log_id: u64,
         trace: Trace,
     ) -> Allocator {
         let registry = recovered.iter().map(|s| (s.ms, s.clone())).collect();
         Allocator {
             dir,
+            log_id,
             segment_bytes,
             block_bytes,
             state: tokio::sync::Mutex::new(AllocState {
@@ -569,7 +645,8 @@ impl Allocator {
             Some(s) => s,
             None => {
                 let (dir, ms, trace) = (self.dir.clone(), st.next_ms, self.trace.clone());
-                crate::io::blocking(move || create_segment(&dir, ms, seg_len, &trace)).await?
+                let id = self.log_id;
+                crate::io::blocking(move || create_segment(&dir, ms, seg_len, id, &trace)).await?
             }
         };
         st.next_ms = st.next_ms.max(segment.ms + 1);
@@ -581,10 +658,10 @@ impl Allocator {
         st.next_pos = PAGE + len;
         if st.spare.is_none() {
             let (dir, ms, size) = (self.dir.clone(), st.next_ms, self.segment_bytes);
-            let trace = self.trace.clone();
+            let (trace, id) = (self.trace.clone(), self.log_id);
             st.next_ms += 1;
             st.spare = Some(tokio::task::spawn_blocking(move || {
-                create_segment(&dir, ms, size, &trace)
+                create_segment(&dir, ms, size, id, &trace)
             }));
         }
         Ok((segment, PAGE, len))
@@ -643,8 +720,8 @@ mod tests {
         let future = now_ms() + 1_000_000;
         let taken = dir.path().join(format!("{future}{SEGMENT_SUFFIX}"));
         std::fs::write(&taken, b"precious").unwrap();
-        let a = create_segment(dir.path(), future, 64 << 10, &Trace::default()).unwrap();
-        let b = create_segment(dir.path(), future, 64 << 10, &Trace::default()).unwrap();
+        let a = create_segment(dir.path(), future, 64 << 10, 1, &Trace::default()).unwrap();
+        let b = create_segment(dir.path(), future, 64 << 10, 1, &Trace::default()).unwrap();
         assert_eq!((a.ms, b.ms), (future + 1, future + 2));
         assert_eq!(std::fs::read(&taken).unwrap(), b"precious");
         assert_eq!(a.len, 64 << 10);
@@ -662,6 +739,7 @@ mod tests {
             12 << 10,
             &[],
             0,
+            1,
             Trace::default(),
         );
         let mut last_end = 0;

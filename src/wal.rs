@@ -213,6 +213,7 @@ impl Walrus {
             config.block_bytes,
             &recovered.segments,
             recovered.max_ms,
+            recovered.log_id,
             trace,
         );
         let (durability, durability_rx) = Durability::new();
@@ -900,7 +901,8 @@ fn prepare(
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(dir_error(dir)(e)),
     }
-    let recovered = storage::recover(dir, &trace).map_err(dir_error(dir))?;
+    let log_id = storage::log_id(dir, &trace).map_err(dir_error(dir))?;
+    let recovered = storage::recover(dir, log_id, &trace).map_err(dir_error(dir))?;
     let checkpoints = CheckpointStore::open(dir, trace).map_err(dir_error(dir))?;
     Ok((lock_file, recovered, checkpoints))
 }
