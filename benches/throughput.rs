@@ -940,7 +940,15 @@ fn main() {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
-    let want = |w: &str| only.as_deref().is_none_or(|o| w.starts_with(o));
+    // `--only W1` selects a group; `--only "W1 append 1024 B, 1 producers"` one configuration.
+    let want = |w: &str| {
+        only.as_deref()
+            .is_none_or(|o| w.starts_with(o) || o.starts_with(w))
+    };
+    let want_config = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.len() <= 2 || name.starts_with(o))
+    };
     let scale = Scale::new(quick);
     let root = tempfile::tempdir_in(bench_root()).expect("bench dir");
     let theirs_root = root.path().join("walrus-rust");
@@ -988,6 +996,9 @@ fn main() {
                         "W1 append {size} B, {producers} producers, {}",
                         if shared { "one topic" } else { "own topics" }
                     );
+                    if !want_config(&name) {
+                        continue;
+                    }
                     eprintln!("{name}");
                     let (a, b) = interleave(
                         &ctx,
@@ -1028,6 +1039,9 @@ fn main() {
                 latency: true,
             };
             let name = format!("W2 SyncEach 1 KiB, {producers} producers, own topics");
+            if !want_config(&name) {
+                continue;
+            }
             eprintln!("{name}");
             let (a, b) = interleave(
                 &ctx,
@@ -1100,8 +1114,9 @@ fn main() {
             limit: None,
         });
     }
-    if want("W1") {
-        let (a, b) = w6.into_inner();
+    let (w6_ours, w6_theirs) = w6.into_inner();
+    if !w6_ours.is_empty() {
+        let (a, b) = (w6_ours, w6_theirs);
         let run = |v: Vec<f64>| {
             vec![Run {
                 value: median(v),
