@@ -322,15 +322,15 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Recovered> {
     Ok(out)
 }
 
-struct ScannedBlock {
-    topic: String,
-    pos: u64,
-    len: u64,
-    data_start: usize,
-    first_offset: u64,
-    frames_end: u64,
-    runs: Vec<Range<u64>>,
-    bytes: u64,
+pub(crate) struct ScannedBlock {
+    pub topic: String,
+    pub pos: u64,
+    pub len: u64,
+    pub data_start: usize,
+    pub first_offset: u64,
+    pub frames_end: u64,
+    pub runs: Vec<Range<u64>>,
+    pub bytes: u64,
 }
 
 /// The first position at or after `pos` that may hold written data: `lseek(SEEK_DATA)`, which
@@ -359,7 +359,7 @@ fn next_data(file: &File, pos: u64) -> Option<u64> {
 
 /// Finds the blocks of one segment and the valid frames in each. Probes every page boundary
 /// (blocks are page aligned) except where `next_data` says nothing was written.
-fn scan_segment(
+pub(crate) fn scan_segment(
     path: &Path,
     map: &[u8],
     next_data: impl Fn(u64) -> Option<u64>,
