@@ -462,3 +462,33 @@ async fn hostile_directory_opens_and_reads() {
     assert_eq!(wal.append("ghost", "x").await.unwrap(), 1 << 40);
     wal.close().await.unwrap();
 }
+
+/// Offsets recovered near `u64::MAX` (a block header or a checkpoint claims them) used to
+/// overflow the writer's next offset: a panic in debug builds that left the topic's writer dead
+/// (every later append `Closed`), wrapped offsets in release. Appends that do not fit now fail
+/// with an error, the ones that fit still work and survive a restart.
+#[tokio::test]
+async fn offsets_near_u64_max_refuse_appends_instead_of_overflowing() {
+    let no_offsets_left = |r: walrus_async::Result<u64>| matches!(r, Err(walrus_async::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData);
+    // A block header claims u64::MAX: no entry fits (its end offset would be 2^64).
+    let (_dir, wal) = recover(&[("1000.seg", one_block_segment(5, u64::MAX, "t", &[]))]).await;
+    assert_eq!(wal.entry_count("t"), 0);
+    assert!(no_offsets_left(wal.append("t", "x").await));
+    assert!(no_offsets_left(wal.append("t", "y").await));
+    assert_eq!(wal.append("other", "z").await.unwrap(), 0);
+    wal.close().await.unwrap();
+
+    // A checkpoint floor one below: exactly one more entry fits.
+    let (dir, wal) = recover(&[("checkpoints", set_record("u", "", u64::MAX - 1))]).await;
+    let batch = wal.append_batch("u", ["a", "b"]).await.map(|r| r.start);
+    assert!(no_offsets_left(batch));
+    assert_eq!(wal.append("u", "x").await.unwrap(), u64::MAX - 1);
+    assert!(no_offsets_left(wal.append("u", "y").await));
+    wal.close().await.unwrap();
+    let wal = open(dir.path()).await.unwrap();
+    let got = wal.read_at("u", u64::MAX - 1, usize::MAX).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].offset, &got[0].data[..]), (u64::MAX - 1, &b"x"[..]));
+    assert!(no_offsets_left(wal.append("u", "y").await));
+    wal.close().await.unwrap();
+}
