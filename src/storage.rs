@@ -615,6 +615,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "Miri cannot call fallocate or memory-map a file (create_segment)"
+    )]
     fn new_segments_never_reuse_an_existing_name() {
         let dir = tempfile::tempdir().unwrap();
         // A file "from the future", as if the clock had stepped backwards since it was made.
@@ -631,6 +635,10 @@ mod tests {
     }
 
     #[tokio::test]
+    #[cfg_attr(
+        miri,
+        ignore = "Miri cannot call fallocate or memory-map a file (create_segment)"
+    )]
     async fn blocks_fill_segments_to_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let seg_len = 64 << 10;
