@@ -59,6 +59,9 @@ mod error;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod format;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod io;
 mod reader;
 mod retention;

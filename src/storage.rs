@@ -412,15 +412,15 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
     Ok(out)
 }
 
-struct ScannedBlock {
-    topic: String,
-    pos: u64,
-    len: u64,
-    data_start: usize,
-    first_offset: u64,
-    frames_end: u64,
-    runs: Vec<Range<u64>>,
-    bytes: u64,
+pub(crate) struct ScannedBlock {
+    pub topic: String,
+    pub pos: u64,
+    pub len: u64,
+    pub data_start: usize,
+    pub first_offset: u64,
+    pub frames_end: u64,
+    pub runs: Vec<Range<u64>>,
+    pub bytes: u64,
 }
 
 /// The first position at or after `pos` that may hold written data: `lseek(SEEK_DATA)`, which
@@ -449,7 +449,7 @@ fn next_data(file: &File, pos: u64) -> Option<u64> {
 
 /// Finds the blocks of one segment and the valid frames in each. Probes every page boundary
 /// (blocks are page aligned) except where `next_data` says nothing was written.
-fn scan_segment(
+pub(crate) fn scan_segment(
     path: &Path,
     map: &[u8],
     next_data: impl Fn(u64) -> Option<u64>,
@@ -714,6 +714,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "Miri cannot call fallocate or memory-map a file (create_segment)"
+    )]
     fn new_segments_never_reuse_an_existing_name() {
         let dir = tempfile::tempdir().unwrap();
         // A file "from the future", as if the clock had stepped backwards since it was made.
@@ -730,6 +734,10 @@ mod tests {
     }
 
     #[tokio::test]
+    #[cfg_attr(
+        miri,
+        ignore = "Miri cannot call fallocate or memory-map a file (create_segment)"
+    )]
     async fn blocks_fill_segments_to_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let seg_len = 64 << 10;

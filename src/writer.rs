@@ -148,6 +148,16 @@ async fn durable(shared: Arc<Shared>, mut written: Written) -> Written {
     written
 }
 
+/// The error for appends whose offsets would pass `u64::MAX`.
+fn offsets_exhausted(topic: &str) -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "topic {topic:?} has no offsets left below u64::MAX (recovered from damaged files?)"
+        ),
+    ))
+}
+
 fn payload_bytes(p: &Payload) -> u64 {
     p.entries().iter().map(|e| e.len() as u64).sum()
 }
@@ -180,6 +190,18 @@ impl Writer {
         let mut i = 0;
         let mut failed: Option<(usize, Error)> = None;
         while i < reqs.len() {
+            // A frame's `first_offset + count` must fit in a u64 (`decode_frame` rejects it
+            // otherwise). Only offsets recovered from a damaged or hostile file (a block header
+            // or checkpoint near u64::MAX) get here; refuse instead of overflowing `self.next`
+            // (seen while fuzzing recovery: a panic in debug builds, reused offsets in release).
+            if self
+                .next
+                .checked_add(reqs[i].payload.len() as u64)
+                .is_none()
+            {
+                failed = Some((i, offsets_exhausted(&self.topic.name)));
+                break;
+            }
             let one = Self::frame_len(&reqs[i].payload);
             if self.room() < one {
                 if let Some((block, rel, first, off)) = cur.take() {
@@ -228,7 +250,11 @@ impl Writer {
             while i < reqs.len() {
                 let p = &reqs[i].payload;
                 let add = Self::frame_len(p) - format::FRAME_HEADER_LEN as u64;
-                if fb.count() > 0 && (used + add > self.room() || used + add > MAX_FRAME_PAYLOAD) {
+                if fb.count() > 0
+                    && (used + add > self.room()
+                        || used + add > MAX_FRAME_PAYLOAD
+                        || self.next.checked_add(p.len() as u64).is_none())
+                {
                     break;
                 }
                 for e in p.entries() {
