@@ -61,15 +61,20 @@ fn frames_input(salt: u32, expected: u64, pos: u16, cut: u16, block: &[u8]) -> V
     v
 }
 
+/// The log id every hand-made segment carries (a directory without a `LOG_ID` file adopts the
+/// id of its newest segment).
+const LOG_ID: u64 = 0x1D;
+
 fn segment_header(segment_id: u64, len: u64) -> Vec<u8> {
-    let mut h = vec![0u8; 48];
+    let mut h = vec![0u8; 56];
     h[0..8].copy_from_slice(b"WALRUSAS");
-    h[8..10].copy_from_slice(&1u16.to_le_bytes());
+    h[8..10].copy_from_slice(&2u16.to_le_bytes());
     h[16..24].copy_from_slice(&segment_id.to_le_bytes());
     h[24..32].copy_from_slice(&1000u64.to_le_bytes());
     h[32..40].copy_from_slice(&len.to_le_bytes());
-    let crc = crc32fast::hash(&h[0..40]);
-    h[40..44].copy_from_slice(&crc.to_le_bytes());
+    h[40..48].copy_from_slice(&LOG_ID.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..48]);
+    h[48..52].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
@@ -84,7 +89,7 @@ fn block_header(
 ) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(b"WBLK");
-    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
     b.extend_from_slice(&topic_len.to_le_bytes());
     b.extend_from_slice(&segment_id.to_le_bytes());
     b.extend_from_slice(&len.to_le_bytes());
@@ -102,7 +107,7 @@ fn block_header(
 /// A segment image of `pages` pages with a valid header and `blocks` as `(pos, bytes)`.
 fn segment(segment_id: u64, pages: usize, blocks: &[(usize, Vec<u8>)]) -> Vec<u8> {
     let mut img = vec![0u8; pages * PAGE];
-    img[..48].copy_from_slice(&segment_header(segment_id, (pages * PAGE) as u64));
+    img[..56].copy_from_slice(&segment_header(segment_id, (pages * PAGE) as u64));
     for (pos, b) in blocks {
         img[*pos..*pos + b.len()].copy_from_slice(b);
     }

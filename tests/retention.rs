@@ -102,7 +102,11 @@ async fn topics_without_consumers_and_peeks_keep_everything() {
     }
     assert_eq!(reclaimed(&wal).await, 0);
     for p in before {
-        assert!(p.exists(), "100 peeks delete nothing, but {} is gone", p.display());
+        assert!(
+            p.exists(),
+            "100 peeks delete nothing, but {} is gone",
+            p.display()
+        );
     }
 }
 
