@@ -116,6 +116,10 @@ fn decode_one(b: &[u8], pos: usize) -> Option<(u8, String, String, u64, usize)> 
         return None;
     }
     let topic = std::str::from_utf8(&rest[..tl]).ok()?.to_owned();
+    // No valid topic name contains NUL: such a record was never written by this crate.
+    if topic.contains('\0') {
+        return None;
+    }
     let consumer = std::str::from_utf8(&rest[tl..tl + cl]).ok()?.to_owned();
     let offset = u64::from_le_bytes(rest[tl + cl..].try_into().ok()?);
     Some((op, topic, consumer, offset, end))
@@ -342,6 +346,17 @@ mod tests {
         assert_eq!(decode_all(&b, &mut v), (b.len(), false));
         assert_eq!(v.get(&("t".into(), "".into())), Some(&5));
         assert_eq!(v.get(&("t".into(), "billing".into())), None);
+    }
+
+    #[test]
+    fn a_topic_name_with_nul_is_damage() {
+        let mut b = Vec::new();
+        encode(&mut b, OP_SET, "t", "", 5);
+        let first = b.len();
+        encode(&mut b, OP_SET, "a\0b", "", 8);
+        let mut v = HashMap::new();
+        assert_eq!(decode_all(&b, &mut v), (first, true));
+        assert_eq!(v.len(), 1);
     }
 
     #[test]

@@ -357,7 +357,7 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
                 out.deleted_empty += 1;
                 tracing::debug!(path = %path.display(), "deleted a segment that never held data");
             } else {
-                out.checksum_failures += failures.max(1) - failures;
+                out.checksum_failures += failures.max(1);
                 tracing::warn!(path = %path.display(), "segment holds no readable block; left in place");
             }
             continue;

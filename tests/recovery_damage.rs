@@ -328,3 +328,14 @@ async fn a_damaged_block_header_is_counted_and_later_blocks_survive() {
     );
     assert_eq!(wal.stats().checksum_failures, 1);
 }
+
+#[tokio::test]
+async fn a_file_of_pure_garbage_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    ten_frames(dir.path()).await;
+    std::fs::write(dir.path().join("2.seg"), vec![0xA5u8; 70_000]).unwrap();
+    let wal = reopen(dir.path()).await;
+    assert_eq!(common::all_entries(&wal, "t").await, want(0..10));
+    assert!(wal.stats().checksum_failures >= 1, "{:?}", wal.stats());
+    wal.close().await.unwrap();
+}
