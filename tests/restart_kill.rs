@@ -1,11 +1,16 @@
-//! Crash a real process with SIGKILL while it appends, reopen, and check that every
-//! acknowledged entry is there, in order, without duplicates.
+//! Crash a real process with SIGKILL while it appends and consumes, reopen, and check that every
+//! acknowledged entry is there, in order, without duplicates, and that the consumer's checkpoint
+//! keeps its promise.
 //!
 //! The test re-runs its own binary as the child (filtered to this test, with
 //! `WALRUS_KILL_CHILD` set): the child appends mixed single entries and batches to several topics
-//! and prints `ACK topic first count` after each acknowledgement; the parent reads those lines,
-//! kills the child at a varying moment, reopens the log and checks it. The log is reused across
-//! rounds, so offsets must also continue across each restart.
+//! and prints `ACK topic first count` after each acknowledgement; meanwhile a named consumer
+//! streams one topic and prints `DLV offset` when an entry is delivered (before acknowledging
+//! it) and `ACKD offset` once its acknowledgement returned. The parent kills the child at a
+//! varying moment, reads everything it printed, reopens the log and checks it: the recovered
+//! checkpoint is never past a delivered entry, and at most `persist_every` behind the last
+//! acknowledgement (`0` under `StrictlyAtOnce`). The log is reused across rounds, so offsets and
+//! the checkpoint must also continue across each restart.
 
 mod common;
 
@@ -13,10 +18,12 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use walrus_async::{FsyncSchedule, Walrus};
+use futures::StreamExt;
+use walrus_async::{FsyncSchedule, ReadConsistency, Walrus};
 
 const CHILD_ENV: &str = "WALRUS_KILL_CHILD";
 const TOPICS: [&str; 3] = ["alpha", "beta", "gamma"];
+const CONSUMER: &str = "k";
 
 fn content(topic: &str, offset: u64) -> Vec<u8> {
     // Variable sizes so frames and blocks have uneven boundaries.
@@ -33,20 +40,42 @@ fn schedule(round: u32) -> FsyncSchedule {
     }
 }
 
+fn consistency(round: u32) -> ReadConsistency {
+    if round.is_multiple_of(2) {
+        ReadConsistency::StrictlyAtOnce
+    } else {
+        ReadConsistency::AtLeastOnce { persist_every: 3 }
+    }
+}
+
 fn builder(dir: &str, round: u32) -> walrus_async::WalrusBuilder {
     Walrus::builder()
         .data_dir(dir)
         .segment_bytes(256 << 10)
         .block_bytes(8 << 10)
         .fsync(schedule(round))
+        .consistency(consistency(round))
+}
+
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
 }
 
 /// The child's role: append until killed.
 async fn child(dir: &str, round: u32) -> ! {
     let wal = builder(dir, round).open().await.expect("child open");
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "READY").unwrap();
-    out.flush().unwrap();
+    let mut stream = wal.subscribe_as(TOPICS[0], CONSUMER).expect("subscribe");
+    tokio::spawn(async move {
+        while let Some(e) = stream.next().await {
+            let e = e.expect("stream");
+            say(format_args!("DLV {}", e.offset));
+            stream.ack(e.offset).await.expect("ack");
+            say(format_args!("ACKD {}", e.offset));
+        }
+    });
+    say(format_args!("READY"));
     let mut i = 0u64;
     loop {
         let topic = TOPICS[(i % 3) as usize];
@@ -66,8 +95,7 @@ async fn child(dir: &str, round: u32) -> ! {
             )
         };
         assert_eq!(first, next, "offsets dense and predicted");
-        writeln!(out, "ACK {topic} {first} {count}").unwrap();
-        out.flush().unwrap();
+        say(format_args!("ACK {topic} {first} {count}"));
         i += 1;
     }
 }
@@ -87,6 +115,9 @@ fn kill_9_while_appending_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
     let mut acked: HashMap<String, u64> = HashMap::new(); // topic -> one past the last acked
+    // The consumer: one past the last delivered, and one past the last acknowledged, ever.
+    let (mut delivered, mut consumed) = (0u64, 0u64);
+    let mut consumer_checks = 0u32;
     let rounds = 50u32;
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -102,12 +133,27 @@ fn kill_9_while_appending_loses_nothing_acknowledged() {
             .unwrap();
         let kill_after = 40 + (round as usize * 97) % 400;
         let mut seen = 0;
+        // After the kill, the rest of what the child printed is still read (to the end of the
+        // pipe): a checkpoint can only be as far as a `DLV` line the child got out.
         for line in common::lines_with_deadline(&mut child, std::time::Duration::from_secs(60)) {
-            // The harness prints "test name ... " without a newline, so the first
-            // acknowledgement shares its line: look for the marker anywhere.
+            // The harness prints "test name ... " without a newline, so the first line shares
+            // its line: look for the markers anywhere.
+            if let Some(at) = line.find("DLV ") {
+                let o: u64 = line[at + 4..].trim().parse().unwrap();
+                delivered = delivered.max(o + 1);
+                continue;
+            }
+            if let Some(at) = line.find("ACKD ") {
+                let o: u64 = line[at + 5..].trim().parse().unwrap();
+                consumed = consumed.max(o + 1);
+                continue;
+            }
             let Some(at) = line.find("ACK ") else {
                 continue;
             };
+            if seen == kill_after {
+                continue; // printed after the kill was decided: not counted as acknowledged
+            }
             let mut parts = line[at..].split_whitespace();
             parts.next();
             let topic = parts.next().unwrap().to_owned();
@@ -118,7 +164,6 @@ fn kill_9_while_appending_loses_nothing_acknowledged() {
             seen += 1;
             if seen == kill_after {
                 child.kill().unwrap(); // SIGKILL
-                break;
             }
         }
         let status = child.wait().unwrap();
@@ -156,7 +201,27 @@ fn kill_9_while_appending_loses_nothing_acknowledged() {
                 acked.insert(topic.to_owned(), entries.len() as u64);
             }
             assert_eq!(wal.stats().checksum_failures, 0, "kill -9 tears nothing");
+            // The consumer's checkpoint: never past what it was delivered, at most
+            // `persist_every` behind what it acknowledged.
+            let checkpoint = wal.subscribe_as(TOPICS[0], CONSUMER).unwrap().checkpoint();
+            let allowed = match consistency(round) {
+                ReadConsistency::StrictlyAtOnce => 0,
+                ReadConsistency::AtLeastOnce { persist_every } => u64::from(persist_every),
+            };
+            assert!(
+                checkpoint <= delivered,
+                "round {round}: checkpoint {checkpoint} past the last delivered ({delivered})"
+            );
+            assert!(
+                checkpoint + allowed >= consumed,
+                "round {round}: checkpoint {checkpoint}, {consumed} acknowledged, {allowed} allowed"
+            );
+            consumer_checks += u32::from(consumed > 0);
             wal.close().await.unwrap();
         });
     }
+    assert!(
+        consumer_checks > rounds / 2,
+        "the consumer had acknowledged something in only {consumer_checks} rounds"
+    );
 }
