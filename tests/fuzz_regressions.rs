@@ -458,7 +458,9 @@ async fn hostile_directory_opens_and_reads() {
     .await;
     let mut topics = wal.topics();
     topics.sort();
-    assert_eq!(topics, ["ghost", "nul\0name", "t"]);
+    // A topic name with NUL was never written by this crate: that record is damage, and no
+    // topic appears that `read_at` would reject.
+    assert_eq!(topics, ["ghost", "t"]);
     assert_eq!(
         read_all(&wal, "t").await,
         [(0, b"a".to_vec()), (1, b"b".to_vec()), (2, b"c".to_vec())]
