@@ -1,18 +1,20 @@
 //! Crash-consistency simulation (cargo feature `failpoints`; tests only).
 //!
 //! A [`CrashJournal`] attached to a log (through
-//! [`FailPoints::record_into`](crate::FailPoints::record_into)) records every effect the real
-//! engine has on its files, in the order the effects completed: file and name creation, renames,
+//! [`FailPoints::record_into`](crate::FailPoints::record_into)) records the effects the real
+//! engine has on the files of its namespace, in the order they completed: file creation, renames,
 //! removals, writes, size changes, and the start and the successful end of every `fdatasync`
-//! and directory `fsync`. From that history, [`CrashJournal::crash_image`] builds the files a
+//! and directory `fsync`. Not recorded: directory creation (images always have the
+//! directories), the `LOCK` file, and the bytes of a write that failed midway (an injected short
+//! write is recorded as the half it wrote). From that history, [`CrashJournal::crash_image`] builds the files a
 //! disk could hold had the machine lost power at any chosen point of it:
 //!
 //! * a file's bytes are what its last completed sync covered (writes that completed before
 //!   that sync *started*), plus an arbitrary subset of the later writes, applied in any order,
 //!   one of them possibly torn at any byte;
 //! * a directory holds what its last completed directory sync covered, plus any prefix of the
-//!   later creations, renames and removals in it (journaling file systems commit metadata in
-//!   order).
+//!   later creations, renames and removals in it. That is how ext4 and xfs behave (their
+//!   journals commit metadata in order), not a POSIX promise.
 //!
 //! The choices are drawn from a seed, so one `(history, crash point, seed)` always gives the
 //! same image. The image is written to a new directory, where the test reopens it with the
@@ -20,8 +22,9 @@
 //!
 //! `// NOTE:` this is "record, then enumerate crash states" (as CrashMonkey and ALICE do)
 //! rather than an in-memory file system: the engine under test runs unmodified on real files,
-//! including its io_uring path and its memory maps, and only the crash is simulated. The model
-//! is deliberately pessimistic: it assumes nothing is durable that POSIX does not promise.
+//! including its memory maps (and its io_uring path for writes above `inline_write_max`, and
+//! for every fsync), and only the crash is simulated. For file data the model assumes nothing is
+//! durable that POSIX does not promise; tears are prefixes, at most one per file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -263,6 +266,13 @@ impl CrashJournal {
             let (dir, name) = split(path);
             dirs.entry(dir).or_default().initial.insert(name, id);
         }
+        // Path -> file, to forget a removed file's inode (ext4 reuses inode numbers).
+        let mut live: HashMap<PathBuf, usize> = HashMap::new();
+        for ((path, _), ino) in st.initial.iter().zip(&st.initial_inos) {
+            if let Some(&id) = by_ino.get(ino) {
+                live.insert(path.clone(), id);
+            }
+        }
         let mut syncs: HashMap<u64, (usize, usize)> = HashMap::new();
         let mut dir_syncs: HashMap<u64, (PathBuf, usize)> = HashMap::new();
         for e in &st.events[..at] {
@@ -271,6 +281,7 @@ impl CrashJournal {
                     let id = files.len();
                     files.push(SimFile::default());
                     by_ino.insert(*ino, id);
+                    live.insert(path.clone(), id);
                     let (dir, name) = split(path);
                     dirs.entry(dir)
                         .or_default()
@@ -309,6 +320,9 @@ impl CrashJournal {
                     }
                 }
                 Event::Rename { from, to } => {
+                    if let Some(id) = live.remove(from) {
+                        live.insert(to.clone(), id);
+                    }
                     let (dir, from) = split(from);
                     let (_, to) = split(to);
                     dirs.entry(dir)
@@ -317,6 +331,9 @@ impl CrashJournal {
                         .push(NameOp::Rename(from, to));
                 }
                 Event::Remove { path } => {
+                    if let Some(id) = live.remove(path) {
+                        by_ino.retain(|_, f| *f != id);
+                    }
                     let (dir, name) = split(path);
                     dirs.entry(dir).or_default().ops.push(NameOp::Unlink(name));
                 }

@@ -125,9 +125,11 @@ fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
 /// Name of the file holding the log's id (8 bytes little-endian, then their CRC-32).
 const LOG_ID_FILE: &str = "LOG_ID";
 
-/// The id of the log in `dir`, which every segment header carries. Created on first open; when
-/// the file is missing or damaged, the id of the newest segment with a valid header is taken
-/// back (that is the file this log wrote last), else a new one is drawn.
+/// The id of the log in `dir`, which every segment header carries. Created on first open. When
+/// the file is missing or damaged, the id the segments carry is taken back if they all agree; a
+/// new one is drawn if there are none; and if they disagree (segments of several logs, and
+/// nothing to say which is this one) opening fails with `InvalidData` rather than guess and
+/// hide this log's data behind another's.
 pub(crate) fn log_id(dir: &Path, trace: &Trace) -> io::Result<u64> {
     let path = dir.join(LOG_ID_FILE);
     match std::fs::read(&path) {
@@ -140,26 +142,35 @@ pub(crate) fn log_id(dir: &Path, trace: &Trace) -> io::Result<u64> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut newest: Option<(u64, u64)> = None;
+    let mut ids = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let Some(ms) = entry.file_name().to_str().and_then(segment_ms) else {
+        if entry.file_name().to_str().and_then(segment_ms).is_none() {
             continue;
-        };
+        }
         let mut h = [0u8; format::SEGMENT_HEADER_LEN];
         let read = File::open(entry.path()).and_then(|f| f.read_exact_at(&mut h, 0));
-        if let (Ok(()), Ok(header)) = (read, SegmentHeader::decode(&h))
-            && newest.is_none_or(|(m, _)| ms > m)
-        {
-            newest = Some((ms, header.log_id));
+        if let (Ok(()), Ok(header)) = (read, SegmentHeader::decode(&h)) {
+            ids.insert(header.log_id);
         }
     }
-    let id = match newest {
-        Some((_, id)) => {
-            tracing::warn!(path = %path.display(), "log id file missing; taken from the newest segment");
+    let id = match (ids.len(), ids.first()) {
+        (0, _) => random_u64(),
+        (1, Some(&id)) => {
+            tracing::warn!(path = %path.display(), "log id file missing or damaged; taken back from the segments");
             id
         }
-        None => random_u64(),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is missing or damaged and the segment files belong to {} different logs; \
+                     restore it, or move the other logs' segments away",
+                    path.display(),
+                    ids.len()
+                ),
+            ));
+        }
     };
     let mut b = id.to_le_bytes().to_vec();
     b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());

@@ -204,7 +204,7 @@ impl Walrus {
                 .await
                 .map_err(Error::Io)??
         };
-        let io = Io::select(config.io_backend, trace.clone())?;
+        let io = Io::select(config.io_backend, config.inline_write_max, trace.clone())?;
         tracing::info!(backend = io.kind().name(), dir = %dir.display(), "I/O backend selected");
 
         let alloc = Allocator::new(
@@ -883,7 +883,21 @@ fn prepare(
             source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
+    // Directories this open creates: each entry is durable only once its parent is synced.
+    let mut created = Vec::new();
+    let mut missing = Some(dir);
+    while let Some(d) = missing.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        created.push(d.to_path_buf());
+        missing = d.parent();
+    }
     std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
+    for d in created.iter().rev() {
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        crate::io::sync_dir(&trace, parent).map_err(dir_error(parent))?;
+    }
     let lock_path = dir.join("LOCK");
     let lock_file = OpenOptions::new()
         .read(true)

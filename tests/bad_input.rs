@@ -96,8 +96,37 @@ async fn instance_keys_stay_inside_the_data_dir_and_long_ones_are_rejected() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    let ns = namespaces.iter().filter(|n| n.starts_with("ns-")).count();
-    assert_eq!(ns, keys.len() - 1, "{namespaces:?}");
+    // Exactly the documented encoding: `ns-`, then bytes outside [A-Za-z0-9_-] as %XX.
+    let encode = |k: &str| {
+        let mut s = String::from("ns-");
+        for b in k.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                s.push(b as char);
+            } else {
+                s.push_str(&format!("%{b:02X}"));
+            }
+        }
+        s
+    };
+    let mut want: Vec<String> = keys
+        .iter()
+        .filter(|k| !k.is_empty())
+        .map(|k| encode(k))
+        .collect();
+    want.sort();
+    let mut ns: Vec<String> = namespaces
+        .iter()
+        .filter(|n| n.starts_with("ns-"))
+        .cloned()
+        .collect();
+    ns.sort();
+    assert_eq!(ns, want);
+    for n in &ns {
+        assert!(
+            data.join(n).is_dir(),
+            "{n} is a directory inside the data dir"
+        );
+    }
     assert!(namespaces.iter().any(|n| n == "LOG_ID"), "{namespaces:?}");
     for (i, k) in keys.iter().enumerate() {
         let wal = Walrus::builder()
@@ -216,5 +245,35 @@ async fn a_lost_log_id_file_is_taken_back_from_the_segments() {
     std::fs::write(dir.path().join("LOG_ID"), b"garbage").unwrap();
     let wal = common::small(dir.path()).open().await.unwrap();
     assert_eq!(common::all_entries(&wal, "t").await.len(), 6);
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_log_id_with_a_foreign_segment_is_refused_not_guessed() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for (d, tag) in [(a.path(), "A"), (b.path(), "B")] {
+        let w = common::small(d).open().await.unwrap();
+        w.append("t", tag).await.unwrap();
+        w.close().await.unwrap();
+    }
+    let theirs = common::segments(b.path()).pop().unwrap();
+    let planted = a.path().join("99999999999999.seg");
+    std::fs::copy(&theirs, &planted).unwrap();
+    std::fs::remove_file(a.path().join("LOG_ID")).unwrap();
+    // Two logs' segments and nothing to say which one this is: a typed error, nothing touched.
+    let err = common::small(a.path()).open().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::DataDir { source, .. } if source.kind() == std::io::ErrorKind::InvalidData),
+        "{err}"
+    );
+    assert!(planted.exists());
+    // Once the foreign file is moved away, the log's own id is taken back and its data is there.
+    std::fs::remove_file(&planted).unwrap();
+    let wal = common::small(a.path()).open().await.unwrap();
+    assert_eq!(
+        common::all_entries(&wal, "t").await,
+        vec![(0, b"A".to_vec())]
+    );
     wal.close().await.unwrap();
 }

@@ -8,13 +8,27 @@ use std::process::Command;
 
 use walrus_async::Error;
 
-fn remount(dir: &str, mode: &str) {
-    let ok = Command::new("mount")
+fn remount(dir: &str, mode: &str) -> bool {
+    Command::new("mount")
         .args(["-o", &format!("remount,{mode}"), dir])
         .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mount -o remount,{mode} {dir}");
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes the file system writable again however the test ends.
+struct Writable<'a>(&'a str);
+
+impl Drop for Writable<'_> {
+    fn drop(&mut self) {
+        // A remount can be refused while a descriptor opened for writing is still closing.
+        for _ in 0..50 {
+            if remount(self.0, "rw") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20)); // a retry, not a wait for a condition we could await
+        }
+        eprintln!("could not remount {} read-write", self.0);
+    }
 }
 
 #[tokio::test]
@@ -22,7 +36,9 @@ fn remount(dir: &str, mode: &str) {
 async fn a_read_only_data_dir_is_a_typed_error_and_nothing_changes() {
     let root = std::env::var("WALRUS_READONLY_DIR").expect("WALRUS_READONLY_DIR: a tmpfs");
     let dir = std::path::Path::new(&root).join("wal");
-    let wal = common::small(&dir).open().await.unwrap();
+    // The blocking backend: no io_uring teardown still holding files when we remount.
+    let open = |d: &std::path::Path| common::small(d).io_backend(walrus_async::IoBackend::Blocking);
+    let wal = open(&dir).open().await.unwrap();
     for i in 0..5 {
         wal.append("t", format!("e{i}")).await.unwrap();
     }
@@ -41,10 +57,19 @@ async fn a_read_only_data_dir_is_a_typed_error_and_nothing_changes() {
     };
     let before = snapshot(&dir);
 
-    remount(&root, "ro");
-    let existing = common::small(&dir).open().await;
-    let fresh = common::small(&dir.join("new")).open().await;
-    remount(&root, "rw");
+    let mut ro = false;
+    for _ in 0..50 {
+        ro = remount(&root, "ro");
+        if ro {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20)); // retry of a refused remount
+    }
+    assert!(ro, "could not remount {root} read-only");
+    let writable = Writable(&root);
+    let existing = open(&dir).open().await;
+    let fresh = open(&dir.join("new")).open().await;
+    drop(writable);
 
     for (what, r) in [("existing log", existing), ("new log", fresh)] {
         match r {
@@ -57,7 +82,7 @@ async fn a_read_only_data_dir_is_a_typed_error_and_nothing_changes() {
         }
     }
     assert_eq!(snapshot(&dir), before, "files changed");
-    let wal = common::small(&dir).open().await.unwrap();
+    let wal = open(&dir).open().await.unwrap();
     assert_eq!(common::all_entries(&wal, "t").await.len(), 5);
     wal.close().await.unwrap();
 }

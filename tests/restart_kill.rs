@@ -55,6 +55,13 @@ fn builder(dir: &str, round: u32) -> walrus_async::WalrusBuilder {
         .block_bytes(8 << 10)
         .fsync(schedule(round))
         .consistency(consistency(round))
+        // Half the rounds send every write through the I/O backend (io_uring under CI's first
+        // pass) instead of writing small ones inline.
+        .inline_write_max(if round % 4 < 2 {
+            walrus_async::DEFAULT_INLINE_WRITE_MAX
+        } else {
+            0
+        })
 }
 
 fn say(line: std::fmt::Arguments<'_>) {
@@ -115,8 +122,9 @@ fn kill_9_while_appending_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
     let mut acked: HashMap<String, u64> = HashMap::new(); // topic -> one past the last acked
-    // The consumer: one past the last delivered, and one past the last acknowledged, ever.
-    let (mut delivered, mut consumed) = (0u64, 0u64);
+    // The consumer: one past the last delivered (ever), and one past the last acknowledged in
+    // the current round (an earlier round's unpersisted acks may be lost with it).
+    let mut delivered = 0u64;
     let mut consumer_checks = 0u32;
     let rounds = 50u32;
     for round in 0..rounds {
@@ -133,6 +141,7 @@ fn kill_9_while_appending_loses_nothing_acknowledged() {
             .unwrap();
         let kill_after = 40 + (round as usize * 97) % 400;
         let mut seen = 0;
+        let mut consumed = 0u64;
         // After the kill, the rest of what the child printed is still read (to the end of the
         // pipe): a checkpoint can only be as far as a `DLV` line the child got out.
         for line in common::lines_with_deadline(&mut child, std::time::Duration::from_secs(60)) {
@@ -200,7 +209,8 @@ fn kill_9_while_appending_loses_nothing_acknowledged() {
                 // become the baseline the next round continues from.
                 acked.insert(topic.to_owned(), entries.len() as u64);
             }
-            assert_eq!(wal.stats().checksum_failures, 0, "kill -9 tears nothing");
+            // (No claim that nothing is torn: SIGKILL can stop a write that spans pages midway,
+            // leaving an unacknowledged, damaged tail that recovery cuts.)
             // The consumer's checkpoint: never past what it was delivered, at most
             // `persist_every` behind what it acknowledged.
             let checkpoint = wal.subscribe_as(TOPICS[0], CONSUMER).unwrap().checkpoint();

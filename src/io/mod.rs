@@ -24,6 +24,8 @@ pub(crate) mod uring;
 #[derive(Clone)]
 pub(crate) struct Io {
     engine: Engine,
+    /// Writes up to this size are made inline (see `WalrusBuilder::inline_write_max`).
+    inline_max: usize,
     pub trace: Trace,
 }
 
@@ -36,9 +38,13 @@ enum Engine {
 
 impl Io {
     /// Chooses the engine for `wanted`, probing io_uring when it may be used.
-    pub(crate) fn select(wanted: IoBackend, trace: Trace) -> crate::Result<Io> {
+    pub(crate) fn select(wanted: IoBackend, inline_max: usize, trace: Trace) -> crate::Result<Io> {
         let engine = Self::engine(wanted)?;
-        Ok(Io { engine, trace })
+        Ok(Io {
+            engine,
+            inline_max,
+            trace,
+        })
     }
 
     fn engine(wanted: IoBackend) -> crate::Result<Engine> {
@@ -114,7 +120,7 @@ impl Io {
         pos: u64,
         buf: Vec<u8>,
     ) -> (Vec<u8>, io::Result<()>) {
-        if buf.len() <= INLINE_WRITE_MAX {
+        if buf.len() <= self.inline_max {
             use std::os::unix::fs::FileExt;
             let r = file.write_all_at(&buf, pos);
             return (buf, r);
@@ -174,16 +180,14 @@ impl Io {
     }
 }
 
-/// Writes up to this size are made by the calling task itself, with one `pwrite`.
-///
-/// `// NOTE:` a write into a fresh (preallocated, unwritten) extent only copies into the page
-/// cache: microseconds for this size. Handing it to a thread costs more than the copy: the
-/// blocking pool's wake-up, or for io_uring an io-wq worker, since ext4 cannot do buffered
-/// writes without blocking (`RWF_NOWAIT` is refused) and io_uring punts every such write. Measured
-/// with `cargo bench --bench throughput`: one producer's 1 KiB appends went from 82k/s to 171k/s,
-/// 64 producers on their own topics from 134k/s to 328k/s. Larger writes (big batches), and every
-/// fsync, still go to the engine so a runtime thread is never held for long.
-pub(crate) const INLINE_WRITE_MAX: usize = 256 << 10;
+// `// NOTE:` on inline writes (`Io::inline_max`): a write into a fresh (preallocated,
+// unwritten) extent only copies into the page cache, microseconds for a small write. Handing it
+// to a thread costs more than the copy: the blocking pool's wake-up, or for io_uring an io-wq
+// worker, since ext4 cannot do buffered writes without blocking (`RWF_NOWAIT` is refused) and
+// io_uring punts every such write. Measured with `cargo bench --bench throughput`: one
+// producer's 1 KiB appends went from 82k/s to 171k/s, 64 producers on their own topics from
+// 134k/s to 328k/s. Larger writes and every fsync still go to the engine. A buffered write can
+// still sleep under dirty-page throttling; `inline_write_max(0)` avoids that.
 
 /// Runs blocking filesystem work (create, rename, remove, directory sync) off the runtime.
 pub(crate) async fn blocking<T: Send + 'static>(
