@@ -167,6 +167,43 @@ fn builder(dir: &Path, s: Settings, faults: &FailPoints) -> walrus_async::Walrus
         })
 }
 
+/// Appends `jobs` (entry id, topic) concurrently and records each outcome, with the journal
+/// position at the moment its append returned.
+async fn append_group(
+    wal: &Walrus,
+    ep: &mut Epoch,
+    jobs: &[(u64, usize)],
+    sync_each: bool,
+    max_ok: &mut [Option<u64>],
+    totals: &mut Totals,
+) {
+    let journal = &ep.journal;
+    let results = join_all(jobs.iter().map(|&(id, t)| async move {
+        let r = wal.append(TOPICS[t], payload(id)).await;
+        (r, journal.position())
+    }))
+    .await;
+    for (&(id, t), (r, at)) in jobs.iter().zip(results) {
+        if r.is_err() {
+            totals.failed_appends += 1;
+        }
+        let offset = r.ok();
+        if let Some(o) = offset {
+            max_ok[t] = Some(max_ok[t].map_or(o, |m| m.max(o)));
+        }
+        ep.entries.insert(
+            id,
+            Rec {
+                topic: t,
+                offset,
+                batch: None,
+                durable_at: offset.filter(|_| sync_each).map(|_| at),
+                done_at: at,
+            },
+        );
+    }
+}
+
 /// Runs `ops` random operations on the log in `dir` (recorded from its open on), then drops it.
 async fn run_epoch(
     dir: &Path,
@@ -200,33 +237,7 @@ async fn run_epoch(
                         (ids.entry, rng.below(TOPICS.len() as u64) as usize)
                     })
                     .collect();
-                let results = join_all(jobs.iter().map(|&(id, t)| {
-                    let (wal, journal) = (&wal, &journal);
-                    async move {
-                        let r = wal.append(TOPICS[t], payload(id)).await;
-                        (r, journal.position())
-                    }
-                }))
-                .await;
-                for (&(id, t), (r, at)) in jobs.iter().zip(results) {
-                    if r.is_err() {
-                        totals.failed_appends += 1;
-                    }
-                    let offset = r.ok();
-                    if let Some(o) = offset {
-                        max_ok[t] = Some(max_ok[t].map_or(o, |m| m.max(o)));
-                    }
-                    ep.entries.insert(
-                        id,
-                        Rec {
-                            topic: t,
-                            offset,
-                            batch: None,
-                            durable_at: offset.filter(|_| sync_each).map(|_| at),
-                            done_at: at,
-                        },
-                    );
-                }
+                append_group(&wal, &mut ep, &jobs, sync_each, &mut max_ok, totals).await;
             }
             45..57 => {
                 let t = rng.below(TOPICS.len() as u64) as usize;
@@ -329,27 +340,8 @@ async fn run_epoch(
             }
             _ => {
                 ids.entry += 1;
-                let id = ids.entry;
-                let t = rng.below(TOPICS.len() as u64) as usize;
-                let r = wal.append(TOPICS[t], payload(id)).await;
-                let at = journal.position();
-                if r.is_err() {
-                    totals.failed_appends += 1;
-                }
-                let offset = r.ok();
-                if let Some(o) = offset {
-                    max_ok[t] = Some(max_ok[t].map_or(o, |m| m.max(o)));
-                }
-                ep.entries.insert(
-                    id,
-                    Rec {
-                        topic: t,
-                        offset,
-                        batch: None,
-                        durable_at: offset.filter(|_| sync_each).map(|_| at),
-                        done_at: at,
-                    },
-                );
+                let job = [(ids.entry, rng.below(TOPICS.len() as u64) as usize)];
+                append_group(&wal, &mut ep, &job, sync_each, &mut max_ok, totals).await;
             }
         }
     }
