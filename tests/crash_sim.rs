@@ -13,7 +13,8 @@
 //!   `StrictlyAtOnce`);
 //! * offsets handed out after the restart never go below a recovered checkpoint.
 //!
-//! Half the workloads also inject faults (EIO and ENOSPC on writes, failed fsyncs, ENOSPC on
+//! Half the workloads send every write through the I/O backend (`inline_write_max(0)`), a
+//! quarter run in a namespace (instance key). Half also inject faults (EIO and ENOSPC on writes, failed fsyncs, ENOSPC on
 //! file creation, short writes). One crash image per workload is reopened and run again,
 //! recorded, and crashed a second time.
 //!
@@ -89,6 +90,8 @@ struct Settings {
     faults: bool,
     /// Small writes inline (the default) or all through the I/O backend.
     inline: bool,
+    /// A namespace (instance key): the log lives in a sub-directory of the data dir.
+    key: bool,
 }
 
 impl Settings {
@@ -110,6 +113,7 @@ impl Settings {
             consistency,
             faults: r.below(2) == 0,
             inline: r.below(2) == 0,
+            key: r.below(4) == 0,
         }
     }
 
@@ -165,6 +169,7 @@ fn builder(dir: &Path, s: Settings, faults: &FailPoints) -> walrus_async::Walrus
         } else {
             0
         })
+        .key(if s.key { "tenant/1" } else { "" })
 }
 
 /// Appends `jobs` (entry id, topic) concurrently and records each outcome, with the journal
@@ -404,6 +409,7 @@ async fn check_image(
         .block_bytes(4096)
         .fsync(FsyncSchedule::NoFsync)
         .consistency(s.consistency)
+        .key(if s.key { "tenant/1" } else { "" })
         .open()
         .await
         .map_err(|e| format!("reopen failed: {e}"))?;
