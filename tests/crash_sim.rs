@@ -14,8 +14,8 @@
 //! * offsets handed out after the restart never go below a recovered checkpoint.
 //!
 //! Half the workloads send every write through the I/O backend (`inline_write_max(0)`), a
-//! quarter run in a namespace (instance key). Half also inject faults (EIO and ENOSPC on writes, failed fsyncs, ENOSPC on
-//! file creation, short writes). One crash image per workload is reopened and run again,
+//! quarter run in a namespace (instance key), and half inject faults (EIO and ENOSPC on writes,
+//! failed fsyncs, ENOSPC on file creation, short writes). One crash image per workload is reopened and run again,
 //! recorded, and crashed a second time.
 //!
 //! Default: 10,000 crash points (about half a minute). Long mode:
