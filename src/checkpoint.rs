@@ -14,9 +14,8 @@
 //! ```
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +24,6 @@ use crate::io::{Io, Trace};
 use crate::storage::lock;
 
 const FILE: &str = "checkpoints";
-const TMP: &str = "checkpoints.tmp";
 const OP_SET: u8 = 1;
 const OP_REMOVE: u8 = 2;
 /// Rewrite the file when it grows past this.
@@ -130,34 +128,8 @@ fn rewrite(dir: &Path, values: &HashMap<Key, u64>, trace: &Trace) -> io::Result<
     for ((t, c), off) in values {
         encode(&mut buf, OP_SET, t, c, *off);
     }
-    let tmp = dir.join(TMP);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
-    trace.created(&tmp, &f);
-    let fill = || -> io::Result<()> {
-        trace.before_create()?;
-        f.write_all_at(&buf, 0)?;
-        trace.wrote(&f, 0, &buf);
-        let token = trace.sync_begin(&f);
-        f.sync_data()?;
-        trace.sync_end(token);
-        Ok(())
-    };
-    if let Err(e) = fill() {
-        // A half-written temp file is never read, but would sit there until the next rewrite.
-        if std::fs::remove_file(&tmp).is_ok() {
-            trace.removed(&tmp);
-        }
-        return Err(e);
-    }
-    let path = dir.join(FILE);
-    std::fs::rename(&tmp, &path)?;
-    trace.renamed(&tmp, &path);
-    crate::io::sync_dir(trace, dir)?;
+    // Through `checkpoints.tmp` (see `replace_file`).
+    let f = crate::io::replace_file(trace, dir, FILE, &buf)?;
     Ok((f, buf.len() as u64))
 }
 

@@ -91,7 +91,7 @@ impl FailPoints {
         self.inner.syncs.store(n, Ordering::SeqCst);
     }
 
-    /// The next `n` file creations (segments, the checkpoint store's rewrite) fail with
+    /// The next `n` file creations (segments, the checkpoint store's rewrite, the `LOG_ID` file) fail with
     /// `errno` just after the file was created and before anything was written to it, where
     /// `fallocate` on a full disk fails: the engine must remove what it created.
     pub fn fail_creates(&self, n: u32, errno: i32) {

@@ -136,9 +136,7 @@ pub(crate) fn log_id(dir: &Path, trace: &Trace) -> io::Result<u64> {
         Ok(b) if b.len() == 12 && crc32fast::hash(&b[..8]).to_le_bytes() == b[8..12] => {
             return Ok(u64::from_le_bytes(b[..8].try_into().expect("8 bytes")));
         }
-        Ok(_) => {
-            tracing::warn!(path = %path.display(), "damaged log id file; taking the id back from the newest segment")
-        }
+        Ok(_) => tracing::warn!(path = %path.display(), "damaged log id file"),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -174,17 +172,7 @@ pub(crate) fn log_id(dir: &Path, trace: &Trace) -> io::Result<u64> {
     };
     let mut b = id.to_le_bytes().to_vec();
     b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
-    let tmp = dir.join("LOG_ID.tmp");
-    let f = File::create(&tmp)?;
-    trace.created(&tmp, &f);
-    f.write_all_at(&b, 0)?;
-    trace.wrote(&f, 0, &b);
-    let token = trace.sync_begin(&f);
-    f.sync_data()?;
-    trace.sync_end(token);
-    std::fs::rename(&tmp, &path)?;
-    trace.renamed(&tmp, &path);
-    crate::io::sync_dir(trace, dir)?;
+    crate::io::replace_file(trace, dir, LOG_ID_FILE, &b)?;
     Ok(id)
 }
 
@@ -227,11 +215,8 @@ pub(crate) fn create_segment(
         };
         let mut h = [0u8; format::SEGMENT_HEADER_LEN];
         header.encode(&mut h);
-        file.write_all_at(&h, 0)?;
-        trace.wrote(&file, 0, &h);
-        let token = trace.sync_begin(&file);
-        file.sync_data()?;
-        trace.sync_end(token);
+        crate::io::write_at(trace, &file, 0, &h)?;
+        crate::io::sync_file(trace, &file)?;
         crate::io::sync_dir(trace, dir)?;
         let map = map_file(&file, len)?;
         Ok(Segment {

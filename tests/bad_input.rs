@@ -75,13 +75,9 @@ async fn instance_keys_stay_inside_the_data_dir_and_long_ones_are_rejected() {
     let outer = tempfile::tempdir().unwrap();
     let data = outer.path().join("data");
     let keys = ["..", "/", "", "../../etc", "a/../../b", "\0", "ключ"];
+    let open = |k: &str| Walrus::builder().data_dir(&data).key(k).open();
     for (i, k) in keys.iter().enumerate() {
-        let wal = Walrus::builder()
-            .data_dir(&data)
-            .key(*k)
-            .open()
-            .await
-            .unwrap();
+        let wal = open(k).await.unwrap();
         wal.append("t", format!("k{i}")).await.unwrap();
         wal.close().await.unwrap();
     }
@@ -129,12 +125,7 @@ async fn instance_keys_stay_inside_the_data_dir_and_long_ones_are_rejected() {
     }
     assert!(namespaces.iter().any(|n| n == "LOG_ID"), "{namespaces:?}");
     for (i, k) in keys.iter().enumerate() {
-        let wal = Walrus::builder()
-            .data_dir(&data)
-            .key(*k)
-            .open()
-            .await
-            .unwrap();
+        let wal = open(k).await.unwrap();
         assert_eq!(
             common::all_entries(&wal, "t").await,
             vec![(0, format!("k{i}").into_bytes())],
@@ -142,12 +133,7 @@ async fn instance_keys_stay_inside_the_data_dir_and_long_ones_are_rejected() {
         );
         wal.close().await.unwrap();
     }
-    let err = Walrus::builder()
-        .data_dir(&data)
-        .key("k".repeat(300))
-        .open()
-        .await
-        .unwrap_err();
+    let err = open(&"k".repeat(300)).await.unwrap_err();
     assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), namespaces.len());
 }

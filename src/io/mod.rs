@@ -198,6 +198,58 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(io::Error::other)?
 }
 
+/// Writes all of `bytes` at `pos` of `file`, on the calling thread, and reports it to `trace`.
+pub(crate) fn write_at(trace: &Trace, file: &File, pos: u64, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(bytes, pos)?;
+    trace.wrote(file, pos, bytes);
+    Ok(())
+}
+
+/// `fdatasync(2)` on `file`, on the calling thread, reported to `trace`.
+pub(crate) fn sync_file(trace: &Trace, file: &File) -> io::Result<()> {
+    let token = trace.sync_begin(file);
+    file.sync_data()?;
+    trace.sync_end(token);
+    Ok(())
+}
+
+/// Replaces `dir/name` with a file holding `bytes`, atomically and durably: `name.tmp` is
+/// written and synced, renamed over `name`, and the directory synced. A failure before the
+/// rename removes the temp file. Returns the new file, open for reading and writing.
+pub(crate) fn replace_file(
+    trace: &Trace,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<File> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    trace.created(&tmp, &f);
+    let fill = || -> io::Result<()> {
+        trace.before_create()?;
+        write_at(trace, &f, 0, bytes)?;
+        sync_file(trace, &f)
+    };
+    if let Err(e) = fill() {
+        // A half-written temp file is never read, but would sit there until the next attempt.
+        if std::fs::remove_file(&tmp).is_ok() {
+            trace.removed(&tmp);
+        }
+        return Err(e);
+    }
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path)?;
+    trace.renamed(&tmp, &path);
+    sync_dir(trace, dir)?;
+    Ok(f)
+}
+
 /// fsyncs a directory, so entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(trace: &Trace, dir: &Path) -> io::Result<()> {
     let token = trace.dir_sync_begin(dir);
