@@ -308,6 +308,20 @@ fn remove(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Reads every file under `dir` once, untimed, so what follows finds the data in the page
+/// cache: W4 and W5 are defined on a warm cache, and our large writes skip the cache
+/// (`WalrusBuilder::uncached_write_min`). Done for both systems alike.
+fn warm(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            warm(&p);
+        } else if let Ok(mut f) = std::fs::File::open(&p) {
+            let _ = std::io::copy(&mut f, &mut std::io::sink());
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // W1 / W2: single appends for a fixed time
 
@@ -601,6 +615,7 @@ fn reads_ours(ctx: &Ctx, mode: ReadMode) -> Run {
             wal.append_batch("t", entries).await.unwrap();
             seq += k;
         }
+        warm(&dir);
         let mut check = Checker::new(1);
         let start = Instant::now();
         match mode {
@@ -645,6 +660,7 @@ fn reads_theirs(ctx: &Ctx, mode: ReadMode) -> Run {
         theirs_batch(&wal, "t", &refs);
         seq += k;
     }
+    warm(&dir);
     let mut check = Checker::new(1);
     let start = Instant::now();
     match mode {
@@ -771,6 +787,7 @@ fn reopen(ctx: &Ctx, system: &str) -> (Vec<Run>, f64) {
     };
     let rss = write_in_child(system, &target, bytes) as f64 / 1024.0;
     let n = bytes / 1024 / 8 * 8;
+    warm(&dir);
     let mut runs = Vec::new();
     for _ in 0..ctx.scale.runs {
         let start = Instant::now();

@@ -100,6 +100,8 @@ pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 pub const DEFAULT_BLOCK_BYTES: u64 = 1 << 20;
 /// Default `inline_write_max`: 256 KiB.
 pub const DEFAULT_INLINE_WRITE_MAX: usize = 256 << 10;
+/// Default `uncached_write_min`: 256 KiB.
+pub const DEFAULT_UNCACHED_WRITE_MIN: usize = 256 << 10;
 
 /// Builder for [`Walrus`]; start with [`Walrus::builder`].
 ///
@@ -127,6 +129,7 @@ pub struct WalrusBuilder {
     pub(crate) max_batch_entries: Option<usize>,
     pub(crate) queue_capacity: Option<usize>,
     pub(crate) inline_write_max: Option<usize>,
+    pub(crate) uncached_write_min: Option<usize>,
     pub(crate) segment_bytes: Option<u64>,
     pub(crate) block_bytes: Option<u64>,
     pub(crate) retention_bytes: Option<u64>,
@@ -148,6 +151,7 @@ pub(crate) struct Config {
     pub max_batch_entries: usize,
     pub queue_capacity: usize,
     pub inline_write_max: usize,
+    pub uncached_write_min: usize,
     pub segment_bytes: u64,
     pub block_bytes: u64,
     pub retention_bytes: Option<u64>,
@@ -228,6 +232,33 @@ impl WalrusBuilder {
     /// through the backend so no runtime thread ever waits on one.
     pub fn inline_write_max(mut self, bytes: usize) -> Self {
         self.inline_write_max = Some(bytes);
+        self
+    }
+
+    /// Writes of at least this many bytes (one group commit's write: a large batch, or many
+    /// appends coalesced) ask the kernel not to keep their pages in the page cache once they
+    /// are written back (`RWF_DONTCACHE`, Linux 6.14 and later, on filesystems that support
+    /// it, ext4 and xfs among them). Default: 256 KiB. `usize::MAX` turns it off.
+    ///
+    /// Large sequential writes then reuse a small set of page-cache pages instead of taking
+    /// fresh ones for every byte written, which is faster where fresh pages are costly (VMs
+    /// whose host reclaims guest memory), and they no longer push the service's other data
+    /// out of the cache. The cost: a consumer far enough behind such writes reads them back
+    /// from disk rather than from memory. The data is the same either way; where the kernel
+    /// or filesystem refuses the flag, writes go through the page cache as usual, silently.
+    ///
+    /// ```
+    /// # async fn demo() -> walrus_async::Result<()> {
+    /// let dir = tempfile::tempdir()?;
+    /// let wal = walrus_async::Walrus::builder()
+    ///     .data_dir(dir.path())
+    ///     .uncached_write_min(usize::MAX) // keep everything cached
+    ///     .open()
+    ///     .await?;
+    /// # wal.close().await }
+    /// ```
+    pub fn uncached_write_min(mut self, bytes: usize) -> Self {
+        self.uncached_write_min = Some(bytes);
         self
     }
 
@@ -331,6 +362,9 @@ impl WalrusBuilder {
             max_batch_entries,
             queue_capacity,
             inline_write_max: self.inline_write_max.unwrap_or(DEFAULT_INLINE_WRITE_MAX),
+            uncached_write_min: self
+                .uncached_write_min
+                .unwrap_or(DEFAULT_UNCACHED_WRITE_MIN),
             segment_bytes,
             block_bytes,
             retention_bytes: self.retention_bytes,

@@ -204,7 +204,12 @@ impl Walrus {
                 .await
                 .map_err(Error::Io)??
         };
-        let io = Io::select(config.io_backend, config.inline_write_max, trace.clone())?;
+        let io = Io::select(
+            config.io_backend,
+            config.inline_write_max,
+            config.uncached_write_min,
+            trace.clone(),
+        )?;
         tracing::info!(backend = io.kind().name(), dir = %dir.display(), "I/O backend selected");
 
         let alloc = Allocator::new(

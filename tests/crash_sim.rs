@@ -14,7 +14,8 @@
 //! * offsets handed out after the restart never go below a recovered checkpoint.
 //!
 //! Half the workloads send every write through the I/O backend (`inline_write_max(0)`), a
-//! quarter run in a namespace (instance key), and half inject faults (EIO and ENOSPC on writes,
+//! quarter run in a namespace (instance key), half ask for every write to skip the page cache
+//! (`uncached_write_min(1)`), and half inject faults (EIO and ENOSPC on writes,
 //! failed fsyncs, ENOSPC on file creation, short writes). One crash image per workload is reopened and run again,
 //! recorded, and crashed a second time.
 //!
@@ -92,6 +93,8 @@ struct Settings {
     inline: bool,
     /// A namespace (instance key): the log lives in a sub-directory of the data dir.
     key: bool,
+    /// Every write asks to skip the page cache (`uncached_write_min(1)`), or only large ones.
+    uncached: bool,
 }
 
 impl Settings {
@@ -114,6 +117,7 @@ impl Settings {
             faults: r.below(2) == 0,
             inline: r.below(2) == 0,
             key: r.below(4) == 0,
+            uncached: r.below(2) == 0,
         }
     }
 
@@ -170,6 +174,11 @@ fn builder(dir: &Path, s: Settings, faults: &FailPoints) -> walrus_async::Walrus
             0
         })
         .key(if s.key { "tenant/1" } else { "" })
+        .uncached_write_min(if s.uncached {
+            1
+        } else {
+            walrus_async::DEFAULT_UNCACHED_WRITE_MIN
+        })
 }
 
 /// Appends `jobs` (entry id, topic) concurrently and records each outcome, with the journal

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::IoBackend;
 
@@ -26,6 +27,8 @@ pub(crate) struct Io {
     engine: Engine,
     /// Writes up to this size are made inline (see `WalrusBuilder::inline_write_max`).
     inline_max: usize,
+    /// Which writes skip the page cache (see `WalrusBuilder::uncached_write_min`).
+    uncached: Arc<Uncached>,
     pub trace: Trace,
 }
 
@@ -38,11 +41,17 @@ enum Engine {
 
 impl Io {
     /// Chooses the engine for `wanted`, probing io_uring when it may be used.
-    pub(crate) fn select(wanted: IoBackend, inline_max: usize, trace: Trace) -> crate::Result<Io> {
+    pub(crate) fn select(
+        wanted: IoBackend,
+        inline_max: usize,
+        uncached_min: usize,
+        trace: Trace,
+    ) -> crate::Result<Io> {
         let engine = Self::engine(wanted)?;
         Ok(Io {
             engine,
             inline_max,
+            uncached: Arc::new(Uncached::new(uncached_min)),
             trace,
         })
     }
@@ -120,18 +129,18 @@ impl Io {
         pos: u64,
         buf: Vec<u8>,
     ) -> (Vec<u8>, io::Result<()>) {
+        let uncached = self.uncached.wanted(buf.len());
         if buf.len() <= self.inline_max {
-            use std::os::unix::fs::FileExt;
-            let r = file.write_all_at(&buf, pos);
+            let r = pwrite_all(file, &buf, pos, uncached);
             return (buf, r);
         }
         match &self.engine {
             Engine::Blocking => {
                 let file = file.clone();
                 let len = buf.len();
+                let flag = uncached.map(|_| self.uncached.clone());
                 let task = tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    let r = file.write_all_at(&buf, pos);
+                    let r = pwrite_all(&file, &buf, pos, flag.as_deref());
                     (buf, r)
                 });
                 match task.await {
@@ -140,7 +149,7 @@ impl Io {
                 }
             }
             #[cfg(target_os = "linux")]
-            Engine::Uring(d) => d.write_all_at(file, pos, buf).await,
+            Engine::Uring(d) => d.write_all_at(file, pos, buf, uncached).await,
         }
     }
 
@@ -178,6 +187,108 @@ impl Io {
             d.shutdown();
         }
     }
+}
+
+/// `RWF_DONTCACHE` (Linux 6.14): a buffered write whose page-cache pages are dropped once
+/// written back.
+#[cfg(target_os = "linux")]
+pub(crate) const RWF_DONTCACHE: i32 = libc::RWF_DONTCACHE;
+
+/// Which writes ask the kernel not to keep their pages cached (`RWF_DONTCACHE`), and whether
+/// it still accepts that.
+///
+/// `// NOTE:` why: on this kind of VM the cost of a large buffered write is mostly getting
+/// *fresh* page-cache pages (the host reclaims guest memory the page cache let go of, and
+/// faults it back in, zeroed, on the next allocation). Pages a write is told not to keep are
+/// freed after writeback and reused by the next write, so large sequential writes stay on a
+/// small, warm set of pages. Measured (1 MiB `pwrite`s into a fallocated file, then one
+/// `fdatasync`, this 2-core VM): 0.7–1.5 GB/s buffered, 1.0–1.6 GB/s `O_DIRECT`, 2.0–2.2 GB/s
+/// uncached; for 4 KiB writes uncached is 4× *slower* (a writeback kick per write), hence the
+/// size threshold. Unlike `O_DIRECT` this needs no alignment and stays coherent with the
+/// segments' memory maps, which is why it was chosen over direct I/O (see ARCHITECTURE.md).
+pub(crate) struct Uncached {
+    min: usize,
+    ok: AtomicBool,
+}
+
+impl Uncached {
+    fn new(min: usize) -> Uncached {
+        Uncached {
+            min,
+            ok: AtomicBool::new(cfg!(all(target_os = "linux", not(miri)))),
+        }
+    }
+
+    /// `Some(self)` when a write of `len` bytes should skip the page cache.
+    fn wanted(&self, len: usize) -> Option<&Uncached> {
+        (len >= self.min && self.ok.load(Ordering::Relaxed)).then_some(self)
+    }
+
+    /// The kernel refuses the flag before writing anything: `EOPNOTSUPP` from kernels before
+    /// 6.14 and from filesystems without support (tmpfs, for one); `ENOSYS` without `pwritev2`;
+    /// `EINVAL` just in case (a genuine `EINVAL` fails the ordinary write that follows too).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn is_refusal(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+        )
+    }
+
+    /// Stops asking, once per log.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn refused(&self, e: &io::Error) {
+        if self.ok.swap(false, Ordering::Relaxed) {
+            tracing::debug!(error = %e, "uncached writes refused here, writing through the page cache");
+        }
+    }
+}
+
+/// Writes all of `buf` at `pos` on the calling thread, uncached when `uncached` says so.
+fn pwrite_all(file: &File, buf: &[u8], pos: u64, uncached: Option<&Uncached>) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", not(miri)))]
+    if let Some(u) = uncached {
+        match pwrite_uncached(file, buf, pos) {
+            Err((0, e)) if Uncached::is_refusal(&e) => u.refused(&e),
+            Err((_, e)) => return Err(e),
+            Ok(()) => return Ok(()),
+        }
+    }
+    #[cfg(not(all(target_os = "linux", not(miri))))]
+    let _ = uncached;
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(buf, pos)
+}
+
+/// `pwritev2(.., RWF_DONTCACHE)` until all of `buf` is written. An error comes with the number
+/// of bytes written before it.
+#[cfg(all(target_os = "linux", not(miri)))]
+fn pwrite_uncached(file: &File, buf: &[u8], pos: u64) -> Result<(), (usize, io::Error)> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        let at = libc::off_t::try_from(pos + done as u64)
+            .map_err(|_| (done, io::Error::from(io::ErrorKind::InvalidInput)))?;
+        // SAFETY: `iov` describes `rest`, which is borrowed for the whole call; the kernel only
+        // reads from it. `file` keeps the descriptor open. Buys the uncached path measured above.
+        let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, at, RWF_DONTCACHE) };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err((done, io::ErrorKind::WriteZero.into())),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err((done, e));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 // `// NOTE:` on inline writes (`Io::inline_max`): a write into a fresh (preallocated,

@@ -163,16 +163,24 @@ impl Driver {
         .await
     }
 
+    /// Writes all of `buf` at `pos`; with `uncached`, asks for `RWF_DONTCACHE` while the
+    /// kernel accepts it (see [`super::Uncached`]).
     pub(crate) async fn write_all_at(
         self: &Arc<Self>,
         file: &Arc<File>,
         pos: u64,
         buf: Vec<u8>,
+        uncached: Option<&super::Uncached>,
     ) -> (Vec<u8>, io::Result<()>) {
         let fd = file.as_raw_fd();
         let total = buf.len();
         let mut done = 0usize;
         let mut buf = buf;
+        let mut flags = if uncached.is_some() {
+            super::RWF_DONTCACHE
+        } else {
+            0
+        };
         loop {
             let start = done;
             let (back, res) = self
@@ -181,11 +189,20 @@ impl Driver {
                     let rest = b.get(start..).unwrap_or_default();
                     opcode::Write::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
                         .offset(pos + start as u64)
+                        .rw_flags(flags)
                         .build()
                 })
                 .await;
             buf = back.unwrap_or_default();
             match res {
+                // Refused before anything was written: the filesystem or kernel has no
+                // uncached writes. Write it the ordinary way and stop asking.
+                Err(e) if flags != 0 && super::Uncached::is_refusal(&e) => {
+                    if let Some(u) = uncached {
+                        u.refused(&e);
+                    }
+                    flags = 0;
+                }
                 Ok(n) if n > 0 => {
                     done += n as usize;
                     if done >= total {
