@@ -4,7 +4,9 @@
 //! what CI runs). `-- --only W2` runs the workloads whose name starts with `W2`.
 //!
 //! * Both systems write to data directories on the same disk (`BENCH_DIR`, default the system
-//!   temp dir), runs are interleaved (A B A B …) and each figure is the median of the runs.
+//!   temp dir), runs are interleaved in alternating order (A B, B A, A B …, each after a
+//!   `sync` so no run shares the disk with the last one's writeback) and each figure is the
+//!   median of the runs.
 //! * Walrus is driven by threads (its API blocks), walrus-async by tasks on a 2-worker Tokio
 //!   runtime, with the same number of concurrent producers.
 //! * Every workload reads back what it wrote and checks count, order and a content checksum; a
@@ -930,20 +932,34 @@ fn interleave(
 ) -> (Vec<Run>, Vec<Run>) {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
-    for _ in 0..ctx.scale.runs {
-        let t = Instant::now();
-        a.push(ours());
-        let t2 = Instant::now();
-        b.push(theirs());
+    for i in 0..ctx.scale.runs {
+        // A B, then B A, …: neither system always runs right after the other one.
+        let ours_first = i % 2 == 0;
+        let mut took = [Duration::ZERO; 2];
+        for ours_turn in [ours_first, !ours_first] {
+            settle();
+            let t = Instant::now();
+            if ours_turn {
+                a.push(ours());
+            } else {
+                b.push(theirs());
+            }
+            took[usize::from(!ours_turn)] = t.elapsed();
+        }
         if verbose {
             eprintln!(
                 "  runs took {:?} (ours) and {:?} (theirs)",
-                t2 - t,
-                t2.elapsed()
+                took[0], took[1]
             );
         }
     }
     (a, b)
+}
+
+/// Writes back whatever dirty data earlier runs left (`sync(1)`), so a run does not share the
+/// disk with the previous run's writeback.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 fn main() {
