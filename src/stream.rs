@@ -359,11 +359,14 @@ impl Drop for TopicStream {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             let (shared, state) = (self.shared.clone(), self.state.clone());
-            rt.spawn(async move {
+            self.shared.background.spawn_on(
+                async move {
                     if let Err(e) = shared.persist_checkpoint(&state, acked).await {
                         tracing::warn!(topic = %state.topic, consumer = %state.name, error = %e, "persisting a dropped stream's checkpoint failed");
                     }
-                });
+                },
+                &rt,
+            );
         }
     }
 }

@@ -107,6 +107,10 @@ pub(crate) struct Shared {
     pub retention_wake: tokio::sync::Notify,
     /// One retention pass at a time.
     pub retention_lock: tokio::sync::Mutex<()>,
+    /// Short tasks spawned on callers' runtimes (a named consumer's registration write, a
+    /// dropped stream's checkpoint write): `close` waits for them, so what they write is durable
+    /// once it returns and nothing writes the checkpoint store after the lock is released.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 struct Inner {
@@ -271,6 +275,7 @@ impl Walrus {
             lock_file: Mutex::new(Some(lock_file)),
             retention_wake: tokio::sync::Notify::new(),
             retention_lock: tokio::sync::Mutex::new(()),
+            background: tokio_util::task::TaskTracker::new(),
         });
         let wal = Walrus {
             inner: Arc::new(Inner {
@@ -601,7 +606,7 @@ impl Walrus {
                 let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> =
                     match tokio::runtime::Handle::try_current() {
                         Ok(rt) => {
-                            let task = rt.spawn(register);
+                            let task = shared.background.spawn_on(register, &rt);
                             Box::pin(async move {
                                 task.await
                                     .unwrap_or_else(|e| Err(Error::Io(std::io::Error::other(e))))
@@ -780,6 +785,9 @@ impl Walrus {
         for w in writers {
             let _ = w.await;
         }
+        // Registrations and dropped streams' checkpoint writes still under way.
+        shared.background.close();
+        shared.background.wait().await;
         let mut result = Ok(());
         // Persist consumer positions that AtLeastOnce has not written yet.
         let states: Vec<_> = lock(&shared.consumers).values().cloned().collect();
