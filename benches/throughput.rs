@@ -838,6 +838,17 @@ struct Limits {
     direct_bps: Option<f64>,
     fsync_fresh_us: f64,
     fsync_rewritten_us: f64,
+    /// (n, p50 µs of one fdatasync after n 1 KiB writes in n separate 1 MiB regions).
+    fsync_spread_us: Vec<(usize, f64)>,
+}
+
+impl Limits {
+    /// The most durable appends/s `n` producers that each await their append can reach with
+    /// their writes in `n` separate blocks: `n` per fdatasync of that shape (Little's law).
+    fn sync_each_bound(&self, n: usize) -> Option<f64> {
+        let (_, us) = self.fsync_spread_us.iter().find(|(k, _)| *k == n)?;
+        Some(n as f64 * 1e6 / us)
+    }
 }
 
 fn measure_limits(root: &Path, scale: Scale) -> Limits {
@@ -913,12 +924,52 @@ fn measure_limits(root: &Path, scale: Scale) -> Limits {
     };
     let fsync_fresh_us = fsync_lat(false);
     let fsync_rewritten_us = fsync_lat(true);
+    // One group commit of `n` producers on their own topics: `n` small writes, each in its own
+    // block (1 MiB apart), then one fdatasync. Scattered pages in fresh extents cost far more
+    // than one page: each write converts its own piece of unwritten extent.
+    let fsync_spread = |n: usize| -> f64 {
+        let path = dir.join("spread");
+        let _ = std::fs::remove_file(&path);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let region = 1u64 << 20;
+        // SAFETY: plain syscall on an owned descriptor.
+        unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                (n as u64 * region) as i64,
+            )
+        };
+        f.sync_all().unwrap();
+        let rounds = if scale.quick { 20 } else { 200 };
+        let entry = [7u8; 1024];
+        let mut lat = Vec::new();
+        for r in 0..rounds {
+            for t in 0..n as u64 {
+                f.write_all_at(&entry, t * region + r * 1024).unwrap();
+            }
+            let t = Instant::now();
+            f.sync_data().unwrap();
+            lat.push(t.elapsed());
+        }
+        let _ = std::fs::remove_file(&path);
+        percentiles(lat)[0]
+    };
+    let fsync_spread_us = vec![(8, fsync_spread(8)), (64, fsync_spread(64))];
     remove(&dir);
     Limits {
         buffered_bps,
         direct_bps,
         fsync_fresh_us,
         fsync_rewritten_us,
+        fsync_spread_us,
     }
 }
 
@@ -1087,7 +1138,9 @@ fn main() {
                 higher_better: true,
                 ours: a,
                 theirs: b,
-                limit: None,
+                limit: limits
+                    .sync_each_bound(producers)
+                    .map(|l| ("the fsync bound", l)),
             });
         }
     }
@@ -1185,6 +1238,15 @@ fn main() {
         limits.fsync_rewritten_us
     )
     .unwrap();
+    for (n, us) in &limits.fsync_spread_us {
+        writeln!(
+            table,
+            "         fdatasync after {n} x 1 KiB writes in {n} separate blocks p50 {us:.0} µs: \
+             {n} producers awaiting durable appends on their own topics cannot pass {}/s",
+            fmt_num(limits.sync_each_bound(*n).unwrap_or(f64::NAN))
+        )
+        .unwrap();
+    }
     writeln!(
         table,
         "{:<62} {:>11} {:>11} {:>7}  notes",
@@ -1296,11 +1358,17 @@ fn main() {
     }
     writeln!(
         json,
-        "{{\"workload\":\"machine\",\"buffered_bps\":{},\"direct_bps\":{},\"fsync_fresh_us\":{},\"fsync_rewritten_us\":{}}}",
+        "{{\"workload\":\"machine\",\"buffered_bps\":{},\"direct_bps\":{},\"fsync_fresh_us\":{},\"fsync_rewritten_us\":{},\"fsync_spread_us\":{{{}}}}}",
         limits.buffered_bps,
         limits.direct_bps.map_or("null".into(), |d| d.to_string()),
         limits.fsync_fresh_us,
-        limits.fsync_rewritten_us
+        limits.fsync_rewritten_us,
+        limits
+            .fsync_spread_us
+            .iter()
+            .map(|(n, us)| format!("\"{n}\":{us}"))
+            .collect::<Vec<_>>()
+            .join(",")
     )
     .unwrap();
     writeln!(
