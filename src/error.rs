@@ -115,7 +115,10 @@ pub enum Error {
         oldest: u64,
     },
 
-    /// Damage on disk that recovery could not repair.
+    /// Damage on disk that recovery could not repair without guessing, so the log refuses to
+    /// open: for example a lost or damaged `LOG_ID` file with segments of several logs in the
+    /// directory. Damage recovery can step over (torn tails, bad frames) is logged and counted
+    /// in [`Stats::checksum_failures`](crate::Stats::checksum_failures) instead.
     #[error("corrupt data in {path} at byte {position}: {reason}")]
     Corrupt {
         /// The file.

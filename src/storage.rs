@@ -128,9 +128,13 @@ const LOG_ID_FILE: &str = "LOG_ID";
 /// The id of the log in `dir`, which every segment header carries. Created on first open. When
 /// the file is missing or damaged, the id the segments carry is taken back if they all agree; a
 /// new one is drawn if there are none; and if they disagree (segments of several logs, and
-/// nothing to say which is this one) opening fails with `InvalidData` rather than guess and
-/// hide this log's data behind another's.
-pub(crate) fn log_id(dir: &Path, trace: &Trace) -> io::Result<u64> {
+/// nothing to say which is this one) opening fails with [`Error::Corrupt`](crate::Error::Corrupt)
+/// rather than guess and hide this log's data behind another's.
+pub(crate) fn log_id(dir: &Path, trace: &Trace) -> crate::Result<u64> {
+    let io_err = |e: io::Error| crate::Error::DataDir {
+        path: dir.to_path_buf(),
+        source: e,
+    };
     let path = dir.join(LOG_ID_FILE);
     match std::fs::read(&path) {
         Ok(b) if b.len() == 12 && crc32fast::hash(&b[..8]).to_le_bytes() == b[8..12] => {
@@ -138,11 +142,11 @@ pub(crate) fn log_id(dir: &Path, trace: &Trace) -> io::Result<u64> {
         }
         Ok(_) => tracing::warn!(path = %path.display(), "damaged log id file"),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(io_err(e)),
     }
     let mut ids = std::collections::BTreeSet::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
         if entry.file_name().to_str().and_then(segment_ms).is_none() {
             continue;
         }
@@ -159,20 +163,20 @@ pub(crate) fn log_id(dir: &Path, trace: &Trace) -> io::Result<u64> {
             id
         }
         _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} is missing or damaged and the segment files belong to {} different logs; \
+            return Err(crate::Error::Corrupt {
+                path,
+                position: 0,
+                reason: format!(
+                    "missing or damaged, and the segment files belong to {} different logs; \
                      restore it, or move the other logs' segments away",
-                    path.display(),
                     ids.len()
                 ),
-            ));
+            });
         }
     };
     let mut b = id.to_le_bytes().to_vec();
     b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
-    crate::io::replace_file(trace, dir, LOG_ID_FILE, &b)?;
+    crate::io::replace_file(trace, dir, LOG_ID_FILE, &b).map_err(io_err)?;
     Ok(id)
 }
 

@@ -928,7 +928,7 @@ fn prepare(
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(dir_error(dir)(e)),
     }
-    let log_id = storage::log_id(dir, &trace).map_err(dir_error(dir))?;
+    let log_id = storage::log_id(dir, &trace)?;
     let recovered = storage::recover(dir, log_id, &trace).map_err(dir_error(dir))?;
     let checkpoints = CheckpointStore::open(dir, trace).map_err(dir_error(dir))?;
     Ok((lock_file, recovered, checkpoints))
