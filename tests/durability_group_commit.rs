@@ -84,33 +84,46 @@ async fn no_fsync_never_syncs_until_asked() {
     assert_eq!(wal.stats().fsyncs, 2, "close syncs what is pending");
 }
 
+/// Under `Milliseconds(n)` a timer syncs dirty files in the background, about `n` ms after the
+/// write; no append waits for it. The sync is held at a fail point, so the test awaits the
+/// attempt itself (the real fdatasync runs on the blocking pool in real time, which virtual
+/// time cannot wait for). With the clock paused, Tokio moves time only when every task is
+/// idle, so "not within 40 ms" is decided, not raced.
+#[cfg(feature = "failpoints")]
 #[tokio::test(start_paused = true)]
 async fn milliseconds_schedule_syncs_in_the_background() {
+    use std::time::Duration;
+    use tokio::time::{Instant, timeout};
+
     let dir = tempfile::tempdir().unwrap();
+    let f = walrus_async::FailPoints::new();
     let wal = Walrus::builder()
         .data_dir(dir.path())
         .fsync(FsyncSchedule::Milliseconds(50))
         .io_backend(walrus_async::IoBackend::Blocking)
+        .fail_points(f.clone())
         .open()
         .await
         .unwrap();
+    f.pause_syncs();
+    let start = Instant::now();
     wal.append("t", "x").await.unwrap();
     assert_eq!(wal.stats().fsyncs, 0, "append does not wait for a sync");
-    // Virtual time: the durability task's timer fires without a real wait; the sync itself
-    // runs on the blocking pool, so wait for the counter by yielding to it.
-    let mut waited = 0;
-    while wal.stats().fsyncs == 0 {
-        tokio::time::advance(std::time::Duration::from_millis(10)).await;
-        waited += 10;
-        assert!(
-            waited < 60_000,
-            "no background sync within a minute of virtual time"
-        );
-    }
+    let mut attempted = std::pin::pin!(f.syncs_blocked(1));
     assert!(
-        waited >= 40,
-        "synced only after about 50 ms, not at once ({waited} ms)"
+        timeout(Duration::from_millis(40), &mut attempted)
+            .await
+            .is_err(),
+        "synced only after about 50 ms, not at once"
     );
+    timeout(Duration::from_secs(60), attempted)
+        .await
+        .expect("no background sync within a minute of virtual time");
+    assert!(start.elapsed() <= Duration::from_millis(100));
+    f.resume_syncs();
+    // Served after the background sync finishes; nothing is left to sync by then.
+    wal.sync().await.unwrap();
+    assert_eq!(wal.stats().fsyncs, 1, "the timer's sync, and only that one");
 }
 
 #[tokio::test]
