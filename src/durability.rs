@@ -4,7 +4,8 @@
 //! Writers under `SyncEach` send "make segment S durable up to write generation g" and wait.
 //! While one round of syncs runs, new requests queue up; the next round serves all of them with
 //! one sync per dirty file, whatever the number of topics and appenders (group commit across
-//! topics). Under `Milliseconds(n)` the task also syncs every dirty file every `n` ms.
+//! topics). Before it starts, it briefly waits for the writers the last round answered
+//! ([`Gather`]). Under `Milliseconds(n)` the task also syncs every dirty file every `n` ms.
 //!
 //! A failed sync poisons its segment: the error goes to every waiter, the writer moves to a
 //! fresh segment, and every later `sync()` reports the failure instead of retrying and

@@ -482,7 +482,7 @@ impl Iterator for FrameEntries<'_> {
     }
 }
 
-/// What [`scan_frames`] found at one position of a block.
+/// What [`FrameScan`] found at one position of a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanItem {
     /// A valid frame.
