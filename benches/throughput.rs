@@ -891,8 +891,9 @@ fn measure_limits(root: &Path, scale: Scale) -> Limits {
     };
     let buffered_bps = seq_write(false).unwrap_or(f64::NAN);
     let direct_bps = seq_write(true);
-    let fsync_lat = |prewritten: bool| -> f64 {
-        let path = dir.join("fsync");
+    // A new file of `len` bytes: written (`prewritten`) or preallocated, and synced.
+    let new_file = |name: &str, len: usize, prewritten: bool| -> (PathBuf, std::fs::File) {
+        let path = dir.join(name);
         let _ = std::fs::remove_file(&path);
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -901,16 +902,18 @@ fn measure_limits(root: &Path, scale: Scale) -> Limits {
             .write(true)
             .open(&path)
             .unwrap();
-        let iters = if scale.quick { 50 } else { 300 };
-        let len = iters * 4096;
         if prewritten {
             f.write_all_at(&vec![1u8; len], 0).unwrap();
-            f.sync_all().unwrap();
         } else {
             // SAFETY: plain syscall on an owned descriptor.
             unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, len as i64) };
-            f.sync_all().unwrap();
         }
+        f.sync_all().unwrap();
+        (path, f)
+    };
+    let fsync_lat = |prewritten: bool| -> f64 {
+        let iters = if scale.quick { 50 } else { 300 };
+        let (path, f) = new_file("fsync", iters * 4096, prewritten);
         let block = vec![7u8; 4096];
         let mut lat = Vec::new();
         for i in 0..iters {
@@ -928,26 +931,8 @@ fn measure_limits(root: &Path, scale: Scale) -> Limits {
     // block (1 MiB apart), then one fdatasync. Scattered pages in fresh extents cost far more
     // than one page: each write converts its own piece of unwritten extent.
     let fsync_spread = |n: usize| -> f64 {
-        let path = dir.join("spread");
-        let _ = std::fs::remove_file(&path);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
         let region = 1u64 << 20;
-        // SAFETY: plain syscall on an owned descriptor.
-        unsafe {
-            libc::fallocate(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-                0,
-                (n as u64 * region) as i64,
-            )
-        };
-        f.sync_all().unwrap();
+        let (path, f) = new_file("spread", n << 20, false);
         let rounds = if scale.quick { 20 } else { 200 };
         let entry = [7u8; 1024];
         let mut lat = Vec::new();
