@@ -81,24 +81,6 @@ pub struct CrashImage {
     pub kept_dir_ops: usize,
 }
 
-/// A tiny deterministic generator (SplitMix64): the image depends on the seed alone.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..=n`.
-    fn upto(&mut self, n: usize) -> usize {
-        (self.next() % (n as u64 + 1)) as usize
-    }
-}
-
 enum FileOp<'a> {
     Extend(u64),
     Write(u64, &'a [u8]),
@@ -339,10 +321,12 @@ impl CrashJournal {
                 }
             }
         }
-        let mut rng = Rng(seed ^ (at as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        // Seeded: the image depends on the seed alone.
+        let mut rng =
+            fastrand::Rng::with_seed(seed ^ (at as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
         let mut report = CrashImage::default();
         for (dir, d) in &dirs {
-            let cut = d.durable + rng.upto(d.ops.len() - d.durable);
+            let cut = d.durable + rng.usize(..=d.ops.len() - d.durable);
             report.unsynced_dir_ops += d.ops.len() - d.durable;
             report.kept_dir_ops += cut - d.durable;
             let mut names = d.initial.clone();
@@ -375,7 +359,7 @@ impl CrashJournal {
 
 /// The bytes of one file after the crash: its durable operations, then a random subset of the
 /// rest in random order, one possibly torn.
-fn image_of(f: &SimFile<'_>, rng: &mut Rng, report: &mut CrashImage) -> Vec<u8> {
+fn image_of(f: &SimFile<'_>, rng: &mut fastrand::Rng, report: &mut CrashImage) -> Vec<u8> {
     let mut out = Vec::new();
     let apply = |out: &mut Vec<u8>, op: &FileOp<'_>, cut: Option<usize>| match *op {
         FileOp::Extend(len) => {
@@ -397,22 +381,22 @@ fn image_of(f: &SimFile<'_>, rng: &mut Rng, report: &mut CrashImage) -> Vec<u8> 
     }
     let pending = &f.ops[f.durable..];
     report.unsynced_writes += pending.len();
-    let mut kept: Vec<&FileOp<'_>> = pending.iter().filter(|_| rng.next() & 1 == 1).collect();
+    let mut kept: Vec<&FileOp<'_>> = pending.iter().filter(|_| rng.bool()).collect();
     // Fisher-Yates: the disk may have written them in any order.
     for i in (1..kept.len()).rev() {
-        kept.swap(i, rng.upto(i));
+        kept.swap(i, rng.usize(..=i));
     }
     report.kept_writes += kept.len();
-    let torn = if kept.is_empty() || !rng.next().is_multiple_of(4) {
+    let torn = if kept.is_empty() || rng.u8(..4) != 0 {
         None
     } else {
-        Some(rng.upto(kept.len() - 1))
+        Some(rng.usize(..kept.len()))
     };
     for (i, op) in kept.into_iter().enumerate() {
         let cut = match (torn == Some(i), op) {
             (true, FileOp::Write(_, data)) => {
                 report.torn = true;
-                Some(rng.upto(data.len()))
+                Some(rng.usize(..=data.len()))
             }
             _ => None,
         };

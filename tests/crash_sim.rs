@@ -39,28 +39,17 @@ use walrus_async::{
 const TOPICS: [&str; 3] = ["t0", "t1", "t2"];
 const CONSUMER: &str = "c";
 
-/// SplitMix64: small, seedable, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// Picks below `n` (`0` when `n` is 0).
+fn below(r: &mut fastrand::Rng, n: u64) -> u64 {
+    r.u64(..n.max(1))
 }
 
 /// The payload of entry `id`: its id, then bytes derived from it, of a length derived from it.
 fn payload(id: u64) -> Vec<u8> {
-    let mut r = Rng(id.wrapping_mul(31).wrapping_add(7));
-    let len = 8 + r.below(700) as usize;
+    let mut r = fastrand::Rng::with_seed(id.wrapping_mul(31).wrapping_add(7));
+    let len = 8 + below(&mut r, 700) as usize;
     let mut v = id.to_le_bytes().to_vec();
-    v.extend((8..len).map(|i| (r.next() as u8) ^ (i as u8)));
+    v.extend((8..len).map(|i| (r.u64(..) as u8) ^ (i as u8)));
     v
 }
 
@@ -99,25 +88,25 @@ struct Settings {
 
 impl Settings {
     fn from_seed(seed: u64) -> Settings {
-        let mut r = Rng(seed ^ 0x5EED);
-        let fsync = match r.below(3) {
+        let mut r = fastrand::Rng::with_seed(seed ^ 0x5EED);
+        let fsync = match below(&mut r, 3) {
             0 => FsyncSchedule::SyncEach,
             1 => FsyncSchedule::NoFsync,
             _ => FsyncSchedule::Milliseconds(1),
         };
-        let consistency = match r.below(2) {
+        let consistency = match below(&mut r, 2) {
             0 => ReadConsistency::StrictlyAtOnce,
             _ => ReadConsistency::AtLeastOnce {
-                persist_every: 1 + r.below(4) as u32,
+                persist_every: 1 + below(&mut r, 4) as u32,
             },
         };
         Settings {
             fsync,
             consistency,
-            faults: r.below(2) == 0,
-            inline: r.below(2) == 0,
-            key: r.below(4) == 0,
-            uncached: r.below(2) == 0,
+            faults: below(&mut r, 2) == 0,
+            inline: below(&mut r, 2) == 0,
+            key: below(&mut r, 4) == 0,
+            uncached: below(&mut r, 2) == 0,
         }
     }
 
@@ -222,7 +211,7 @@ async fn append_group(
 async fn run_epoch(
     dir: &Path,
     s: Settings,
-    rng: &mut Rng,
+    rng: &mut fastrand::Rng,
     ids: &mut Ids,
     ops: usize,
     totals: &mut Totals,
@@ -241,21 +230,21 @@ async fn run_epoch(
     let mut max_ok: Vec<Option<u64>> = vec![None; TOPICS.len()];
     let sync_each = matches!(s.fsync, FsyncSchedule::SyncEach);
     for _ in 0..ops {
-        let roll = rng.below(100);
+        let roll = below(rng, 100);
         match roll {
             0..45 => {
-                let k = 1 + rng.below(6);
+                let k = 1 + below(rng, 6);
                 let jobs: Vec<(u64, usize)> = (0..k)
                     .map(|_| {
                         ids.entry += 1;
-                        (ids.entry, rng.below(TOPICS.len() as u64) as usize)
+                        (ids.entry, below(rng, TOPICS.len() as u64) as usize)
                     })
                     .collect();
                 append_group(&wal, &mut ep, &jobs, sync_each, &mut max_ok, totals).await;
             }
             45..57 => {
-                let t = rng.below(TOPICS.len() as u64) as usize;
-                let n = 1 + rng.below(12);
+                let t = below(rng, TOPICS.len() as u64) as usize;
+                let n = 1 + below(rng, 12);
                 let batch: Vec<u64> = (0..n)
                     .map(|_| {
                         ids.entry += 1;
@@ -290,7 +279,7 @@ async fn run_epoch(
                 }
             }
             57..75 => {
-                let t = rng.below(TOPICS.len() as u64) as usize;
+                let t = below(rng, TOPICS.len() as u64) as usize;
                 if streams[t].is_none() {
                     let st = wal.subscribe_as(TOPICS[t], CONSUMER).unwrap();
                     ep.consumers[t]
@@ -302,7 +291,7 @@ async fn run_epoch(
                 let end = ep.consumers[t].delivered.last().map_or(0, |d| d.1);
                 // Read only what is there, so the call cannot wait.
                 if max_ok[t].is_some_and(|m| m >= end.max(st.checkpoint())) {
-                    let got = match st.next_batch(1 + rng.below(4000) as usize).await {
+                    let got = match st.next_batch(1 + below(rng, 4000) as usize).await {
                         Ok(got) => got,
                         Err(Error::Truncated { .. }) => continue,
                         // An injected fault failed the consumer's registration: start over.
@@ -317,7 +306,7 @@ async fn run_epoch(
                     ep.consumers[t]
                         .delivered
                         .push((journal.position(), delivered_end));
-                    let upto = got[rng.below(got.len() as u64) as usize].offset;
+                    let upto = got[below(rng, got.len() as u64) as usize].offset;
                     if st.ack(upto).await.is_ok() {
                         ep.consumers[t].acked.push((journal.position(), upto + 1));
                     }
@@ -336,7 +325,7 @@ async fn run_epoch(
             }
             81..84 => {
                 // Dropping a stream persists its unpersisted acks in a spawned task.
-                let t = rng.below(TOPICS.len() as u64) as usize;
+                let t = below(rng, TOPICS.len() as u64) as usize;
                 streams[t] = None;
             }
             84..87 => {
@@ -344,7 +333,7 @@ async fn run_epoch(
             }
             87..92 if s.faults => {
                 totals.faults += 1;
-                match rng.below(5) {
+                match below(rng, 5) {
                     0 => faults.fail_writes(1, libc::EIO),
                     1 => faults.fail_writes(1, libc::ENOSPC),
                     2 => faults.fail_syncs(1, libc::EIO),
@@ -354,7 +343,7 @@ async fn run_epoch(
             }
             _ => {
                 ids.entry += 1;
-                let job = [(ids.entry, rng.below(TOPICS.len() as u64) as usize)];
+                let job = [(ids.entry, below(rng, TOPICS.len() as u64) as usize)];
                 append_group(&wal, &mut ep, &job, sync_each, &mut max_ok, totals).await;
             }
         }
@@ -365,7 +354,7 @@ async fn run_epoch(
     faults.fail_creates(0, 0);
     faults.short_writes(0, 0);
     drop(streams);
-    if rng.below(2) == 0 {
+    if below(rng, 2) == 0 {
         let start = journal.position();
         if wal.close().await.is_ok() {
             let at = journal.position();
@@ -585,7 +574,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Crash points of one history: where acknowledgements happened (the moments promises start
 /// to hold) and uniformly random ones.
-fn crash_points(ep: &Epoch, n: usize, rng: &mut Rng) -> Vec<usize> {
+fn crash_points(ep: &Epoch, n: usize, rng: &mut fastrand::Rng) -> Vec<usize> {
     let len = ep.journal.position();
     let mut marks: Vec<usize> = ep
         .entries
@@ -601,10 +590,10 @@ fn crash_points(ep: &Epoch, n: usize, rng: &mut Rng) -> Vec<usize> {
     marks.dedup();
     let mut out = vec![len];
     while out.len() < n {
-        if rng.below(3) == 0 && !marks.is_empty() {
-            out.push(marks[rng.below(marks.len() as u64) as usize]);
+        if below(rng, 3) == 0 && !marks.is_empty() {
+            out.push(marks[below(rng, marks.len() as u64) as usize]);
         } else {
-            out.push(rng.below(len as u64 + 1) as usize);
+            out.push(below(rng, len as u64 + 1) as usize);
         }
     }
     out
@@ -612,16 +601,16 @@ fn crash_points(ep: &Epoch, n: usize, rng: &mut Rng) -> Vec<usize> {
 
 async fn run_seed(seed: u64, points: usize, totals: &mut Totals) {
     let s = Settings::from_seed(seed);
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut ids = Ids::default();
     let root = tempfile::tempdir_in(scratch_root()).unwrap();
     let live = root.path().join("live");
     let ep = run_epoch(&live, s, &mut rng, &mut ids, 60, totals).await;
     totals.workloads += 1;
-    let chained = rng.below(points as u64) as usize;
+    let chained = below(&mut rng, points as u64) as usize;
     for (i, at) in crash_points(&ep, points, &mut rng).into_iter().enumerate() {
         let image = root.path().join(format!("crash-{i}"));
-        let crash_seed = rng.next();
+        let crash_seed = rng.u64(..);
         let report = ep.journal.crash_image(at, crash_seed, &image).unwrap();
         totals.crash_points += 1;
         totals.unsynced_writes += report.unsynced_writes as u64;
@@ -646,7 +635,7 @@ async fn run_seed(seed: u64, points: usize, totals: &mut Totals) {
                 ep2.batches.extend(ep.batches.iter().map(|(k, v)| (*k, *v)));
                 for (j, at2) in crash_points(&ep2, 8, &mut rng).into_iter().enumerate() {
                     let image2 = root.path().join(format!("crash-{i}-again-{j}"));
-                    ep2.journal.crash_image(at2, rng.next(), &image2).unwrap();
+                    ep2.journal.crash_image(at2, rng.u64(..), &image2).unwrap();
                     totals.second_crashes += 1;
                     if let Err(why) = check_image(&image2, s, &ep2, at2, false, totals).await {
                         let kept = image2.clone();
