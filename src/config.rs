@@ -30,8 +30,8 @@ pub enum ReadConsistency {
 /// operating system's page cache. The schedule decides when it also survives a power failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsyncSchedule {
-    /// A background task syncs dirty files every `n` milliseconds. `append` resolves once the
-    /// entry is handed to the OS.
+    /// A background task syncs dirty files every `n` milliseconds (`0` acts as 1; at most one
+    /// day, 86,400,000). `append` resolves once the entry is handed to the OS.
     Milliseconds(u64),
     /// `append` resolves only after the entry is on stable storage. Concurrent appends, across
     /// all topics, share one fsync per file (group commit).
@@ -102,6 +102,13 @@ pub const DEFAULT_BLOCK_BYTES: u64 = 1 << 20;
 pub const DEFAULT_INLINE_WRITE_MAX: usize = 256 << 10;
 /// Default `uncached_write_min`: 256 KiB.
 pub const DEFAULT_UNCACHED_WRITE_MIN: usize = 256 << 10;
+/// Largest accepted `queue_capacity`: 1 Mi requests (Tokio's channels hold fewer than
+/// `usize::MAX >> 3`, and a queue this long already buffers seconds of appends).
+const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+/// Largest accepted `FsyncSchedule::Milliseconds` period: one day.
+const MAX_SYNC_PERIOD_MS: u64 = 86_400_000;
+/// Largest accepted `segment_bytes`: 1 TiB.
+const MAX_SEGMENT_BYTES: u64 = 1 << 40;
 
 /// Builder for [`Walrus`]; start with [`Walrus::builder`].
 ///
@@ -216,7 +223,8 @@ impl WalrusBuilder {
     }
 
     /// Capacity of each topic's writer queue; a full queue makes `append` wait (backpressure).
-    /// It also bounds how many requests one group commit takes. Default: 1024.
+    /// It also bounds how many requests one group commit takes. Default: 1024; at most 1 Mi
+    /// (more is [`Error::InvalidConfig`]).
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = Some(n);
         self
@@ -338,19 +346,32 @@ impl WalrusBuilder {
             ));
         }
         let queue_capacity = self.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
-        if queue_capacity == 0 {
-            return bad("queue_capacity must be at least 1".into());
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&queue_capacity) {
+            return bad(format!(
+                "queue_capacity must be in 1..={MAX_QUEUE_CAPACITY}, got {queue_capacity}"
+            ));
+        }
+        if let FsyncSchedule::Milliseconds(n) = self.fsync
+            && n > MAX_SYNC_PERIOD_MS
+        {
+            return bad(format!(
+                "fsync Milliseconds(n) must be in 0..={MAX_SYNC_PERIOD_MS} (one day), got {n}"
+            ));
         }
         let segment_bytes = self.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES);
-        if !(MIN_SEGMENT_BYTES..=(1 << 40)).contains(&segment_bytes) {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&segment_bytes) {
             return bad(format!(
-                "segment_bytes must be in {MIN_SEGMENT_BYTES}..=1 TiB, got {segment_bytes}"
+                "segment_bytes must be in {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES} (1 TiB), got {segment_bytes}"
             ));
         }
         let page = crate::format::PAGE;
         let segment_bytes = segment_bytes.div_ceil(page) * page;
-        let block_bytes = self.block_bytes.unwrap_or(DEFAULT_BLOCK_BYTES).max(page);
-        let block_bytes = (block_bytes.div_ceil(page) * page).min(segment_bytes - page);
+        // Capped before rounding, so no value can overflow.
+        let block_bytes = self
+            .block_bytes
+            .unwrap_or(DEFAULT_BLOCK_BYTES)
+            .clamp(page, segment_bytes - page);
+        let block_bytes = block_bytes.div_ceil(page) * page;
         Ok(Config {
             data_dir,
             key,

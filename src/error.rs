@@ -142,6 +142,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The Tokio runtime that opened the log has shut down, and with it the log's background
+    /// tasks (writers, group commit, retention): the call was not carried out. Nothing was
+    /// acknowledged with less durability than promised. Open the log again from a running
+    /// runtime (a handle kept in a `static` across `#[tokio::test]`s meets this).
+    #[error(
+        "the Tokio runtime that opened this log has shut down; open the log again from a running runtime"
+    )]
+    RuntimeGone,
+
     /// The I/O backend asked for cannot run here.
     #[error("I/O backend {backend} is unavailable: {reason}")]
     BackendUnavailable {
@@ -166,6 +175,7 @@ impl Error {
                 reason: reason.clone(),
             },
             Error::Closed => Error::Closed,
+            Error::RuntimeGone => Error::RuntimeGone,
             other => Error::Io(io::Error::other(other.to_string())),
         }
     }
@@ -180,7 +190,7 @@ impl From<Error> for io::Error {
         let kind = match &e {
             Error::Io(_) => io::ErrorKind::Other,
             Error::DataDir { source, .. } => source.kind(),
-            Error::Closed => io::ErrorKind::BrokenPipe,
+            Error::Closed | Error::RuntimeGone => io::ErrorKind::BrokenPipe,
             Error::InvalidTopic { .. }
             | Error::InvalidKey { .. }
             | Error::InvalidConsumer { .. }

@@ -106,17 +106,29 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
         }
     }
     let mut deleted = 0;
+    let mut first_error = None;
     for (s, forced) in doomed {
-        delete(
+        // One segment that cannot go (a failed floor write, a file the process may not
+        // unlink) must not keep the others: the pass goes on and a later one retries it.
+        match delete(
             shared,
             &s,
             blocks_of.remove(&s.ms).unwrap_or_default(),
             forced,
         )
-        .await?;
-        deleted += 1;
+        .await
+        {
+            Ok(()) => deleted += 1,
+            Err(e) => {
+                tracing::warn!(path = %s.path.display(), error = %e, "could not delete a segment; retrying later");
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(deleted)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(deleted),
+    }
 }
 
 async fn delete(
@@ -140,8 +152,16 @@ async fn delete(
     // Unlink first: if that fails, nothing in memory changed and a later pass retries.
     let (path, dir, trace) = (s.path.clone(), shared.dir.clone(), shared.io.trace.clone());
     crate::io::blocking(move || {
-        std::fs::remove_file(&path)?;
-        trace.removed(&path);
+        match std::fs::remove_file(&path) {
+            Ok(()) => trace.removed(&path),
+            // Already gone (an operator freed the space, or an earlier pass unlinked it and
+            // then failed): what was to be done is done. The directory is synced anyway, in
+            // case that earlier pass's sync is what failed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(path = %path.display(), "segment file already deleted");
+            }
+            Err(e) => return Err(e),
+        }
         crate::io::sync_dir(&trace, &dir)
     })
     .await?;

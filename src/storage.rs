@@ -363,6 +363,9 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
             continue;
         };
         out.checksum_failures += failures;
+        // What a killed process left in the page cache is read back as if durable, and
+        // consumers may checkpoint past it: make it so before anyone sees it. Cheap when clean.
+        crate::io::sync_file(trace, &file)?;
         let segment = Arc::new(Segment {
             id: segment_id,
             ms,
@@ -482,20 +485,16 @@ pub(crate) fn scan_segment(
         }
         let at = &map[pos as usize..];
         let h = match BlockHeader::decode(at, pos) {
-            Ok(h) if pos.checked_add(h.len).is_some_and(|e| e <= len) => h,
+            Ok(h) => h,
             Err(DecodeError::Zero) => {
                 pos += PAGE;
                 continue;
             }
-            other => {
+            Err(e) => {
                 if !in_damage {
                     in_damage = true;
                     failures += 1;
-                    let error = match other {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "block length past the end of the file".into(),
-                    };
-                    tracing::warn!(path = %path.display(), position = pos, %error, "damaged block header; probing for the next block");
+                    tracing::warn!(path = %path.display(), position = pos, error = %e, "damaged block header; probing for the next block");
                 }
                 pos += PAGE;
                 continue;
@@ -512,7 +511,14 @@ pub(crate) fn scan_segment(
             _ => segment_id = Some(h.segment_id),
         }
         let data_start = format::block_header_len(h.topic.len());
-        let block = &at[..h.len as usize];
+        // A file cut short (an interrupted copy, a tool that trims files) ends inside its last
+        // block: its frames are scanned up to the end of the file, so the intact ones survive.
+        let in_file = (len - pos).min(h.len);
+        if in_file < h.len {
+            failures += 1;
+            tracing::warn!(path = %path.display(), position = pos, block_len = h.len, file_len = len, "block cut short by the end of the file; keeping the frames before the cut");
+        }
+        let block = &at[..in_file as usize];
         let salt = format::block_salt(h.segment_id, pos);
         let mut runs: Vec<Range<u64>> = Vec::new();
         let mut frames_end = data_start as u64;
@@ -553,7 +559,7 @@ pub(crate) fn scan_segment(
             runs,
             bytes,
         });
-        pos += h.len;
+        pos = pos.saturating_add(h.len);
     }
     (segment_id, blocks, failures)
 }

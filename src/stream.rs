@@ -203,7 +203,7 @@ impl TopicStream {
         let due = match self.shared.config.consistency {
             ReadConsistency::StrictlyAtOnce => true,
             ReadConsistency::AtLeastOnce { persist_every } => {
-                next - self.persisted >= u64::from(persist_every.max(1))
+                next.saturating_sub(self.persisted) >= u64::from(persist_every.max(1))
             }
         };
         if due {

@@ -89,6 +89,8 @@ type ConsumerKey = (Arc<str>, Arc<str>);
 /// State shared by the handle and the background tasks.
 pub(crate) struct Shared {
     pub config: Config,
+    /// The runtime that opened the log: every task of the log runs there.
+    pub runtime: tokio::runtime::Handle,
     pub dir: PathBuf,
     pub io: Io,
     pub alloc: Allocator,
@@ -259,6 +261,7 @@ impl Walrus {
         );
         let shared = Arc::new(Shared {
             config,
+            runtime: tokio::runtime::Handle::current(),
             dir,
             io,
             alloc,
@@ -695,7 +698,13 @@ impl Walrus {
     /// deleted.
     pub async fn reclaim(&self) -> Result<u64> {
         self.check_open()?;
-        retention::pass(self.shared()).await
+        // A task of the log's own, so a caller that stops waiting (a dropped future) never
+        // leaves a pass half done.
+        let shared = self.shared().clone();
+        let task = self
+            .shared()
+            .spawn(async move { retention::pass(&shared).await });
+        task.await.unwrap_or_else(|e| Err(join_error(e)))
     }
 
     /// Names of the topics that have entries or were appended to, sorted.
@@ -823,6 +832,15 @@ impl Walrus {
 }
 
 impl Shared {
+    /// Spawns `fut` on the runtime that opened the log.
+    pub(crate) fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(fut)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -873,6 +891,16 @@ impl Shared {
         for t in topics.values() {
             lock(&t.tx).take();
         }
+    }
+}
+
+/// What a task of the log that did not finish means to its caller: its runtime shut down (or
+/// it panicked, which is a bug).
+pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
+    if e.is_cancelled() {
+        Error::RuntimeGone
+    } else {
+        Error::Io(io::Error::other(format!("a task of the log panicked: {e}")))
     }
 }
 

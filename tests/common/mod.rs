@@ -120,3 +120,30 @@ pub async fn all_entries_from(wal: &Walrus, topic: &str, from: u64) -> Vec<(u64,
         }
     }
 }
+
+/// Polls `fut` at most `polls` times, each time after it asked to be woken, and drops it
+/// wherever it then stands. `Some(output)` if it finished within that many polls.
+///
+/// Calling this with `polls` = 1, 2, 3, … until it returns `Some` drops the future at each
+/// await point it reaches in turn (what `select!`, `timeout` or a disconnecting client does).
+pub async fn poll_then_drop<F: std::future::Future>(fut: F, polls: usize) -> Option<F::Output> {
+    struct Wake(std::sync::Arc<tokio::sync::Notify>);
+    impl std::task::Wake for Wake {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.notify_one();
+        }
+    }
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    let waker = std::task::Waker::from(std::sync::Arc::new(Wake(notify.clone())));
+    let mut fut = std::pin::pin!(fut);
+    for i in 0..polls {
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        if i + 1 < polls {
+            notify.notified().await;
+        }
+    }
+    None
+}
