@@ -83,7 +83,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "failpoints")]
 pub use failpoints::FailPoints;
 pub use stream::TopicStream;
-pub use wal::{ConsumerLag, Entry, Stats, Walrus};
+pub use wal::{ConsumerLag, Entry, ResetTo, Stats, Walrus};
 
 /// The README's examples, compiled and run as doctests so they cannot drift from the API.
 #[cfg(doctest)]

@@ -11,13 +11,14 @@
 //! timer, in a task on the runtime that opened the log.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::checkpoint::FLOOR;
 use crate::error::Result;
-use crate::storage::{Block, Segment};
+use crate::storage::{Block, Segment, lock};
 use crate::topic::Topic;
 use crate::wal::Shared;
 
@@ -44,8 +45,16 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Recei
 }
 
 /// One pass. Returns the number of segment files deleted.
+///
+/// Which files go is decided on a snapshot; each one is then looked at again, with the
+/// consumers lock held, right before it is taken out of the log (its blocks leave their
+/// topics, `oldest` moves up): a consumer registered or a default consumer that started
+/// reading since the snapshot is seen, so nobody is told `Truncated` because a pass was
+/// deleting consumed data at that moment. The file is unlinked after that; an unlink that
+/// fails is retried by later passes.
 pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
     let _one_at_a_time = shared.retention_lock.lock().await;
+    retry_orphans(shared).await;
     // Registry first, then the current segment: one that became current in between is not in
     // the snapshot, and anything at or after `current` counts as still being written.
     let mut segments = shared.alloc.segments();
@@ -53,13 +62,9 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
     let current = shared.alloc.current_ms().await;
     let topics = shared.all_topics();
 
-    // Lowest persisted checkpoint per topic over its registered consumers (`None`: no consumer,
-    // nothing of the topic may go).
-    let mut need: HashMap<String, u64> = HashMap::new();
-    for (topic, _consumer, at) in shared.checkpoints.registered() {
-        let e = need.entry(topic).or_insert(u64::MAX);
-        *e = (*e).min(at);
-    }
+    // Lowest checkpoint per topic over its consumers (`None`: no consumer, nothing of the
+    // topic may go on consumers' account).
+    let need = shared.with_consumers(|c| shared.consumer_pins(c));
     let mut blocks_of: HashMap<u64, Vec<TopicBlock>> = HashMap::new();
     for t in &topics {
         for b in t.blocks().iter() {
@@ -73,15 +78,13 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
         |s: &Segment| current.is_none_or(|c| s.ms < c) && s.active.load(Ordering::Acquire) == 0;
 
     let mut doomed: Vec<(Arc<Segment>, bool)> = Vec::new(); // (segment, forced by a limit)
-    for s in segments.iter().filter(|s| sealed(s)) {
-        let consumed = blocks_of.get(&s.ms).is_none_or(|blocks| {
-            blocks.iter().all(|(t, b)| {
-                need.get(&*t.name)
-                    .is_some_and(|&n| b.end_offset.load(Ordering::Acquire) <= n)
-            })
-        });
-        if consumed {
-            doomed.push((s.clone(), false));
+    // A lifetime that found the checkpoint store damaged or missing deletes nothing on
+    // consumers' account: consumers it lost must get the chance to subscribe again first.
+    if !shared.checkpoint_damage {
+        for s in segments.iter().filter(|s| sealed(s)) {
+            if consumed(&need, blocks_of.get(&s.ms).map(Vec::as_slice)) {
+                doomed.push((s.clone(), false));
+            }
         }
     }
     let cfg = &shared.config;
@@ -96,9 +99,9 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
                 continue;
             }
             let over_size = cfg.retention_bytes.is_some_and(|max| total > max);
-            let too_old = cfg
-                .retention_age
-                .is_some_and(|age| now_ms.saturating_sub(s.ms) > age.as_millis() as u64);
+            let too_old = cfg.retention_age.is_some_and(|age| {
+                now_ms.saturating_sub(s.ms) > u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
+            });
             if over_size || too_old {
                 total -= s.len;
                 doomed.push((s.clone(), true));
@@ -118,7 +121,8 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
         )
         .await
         {
-            Ok(()) => deleted += 1,
+            Ok(true) => deleted += 1,
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(path = %s.path.display(), error = %e, "could not delete a segment; retrying later");
                 first_error.get_or_insert(e);
@@ -131,12 +135,24 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
     }
 }
 
+/// Whether every block is behind every consumer of its topic.
+fn consumed(need: &HashMap<String, u64>, blocks: Option<&[TopicBlock]>) -> bool {
+    blocks.is_none_or(|blocks| {
+        blocks.iter().all(|(t, b)| {
+            need.get(&*t.name)
+                .is_some_and(|&n| b.end_offset.load(Ordering::Acquire) <= n)
+        })
+    })
+}
+
+/// Takes `s` out of the log and unlinks it. `Ok(false)` if a consumer that appeared since the
+/// snapshot still needs it.
 async fn delete(
     shared: &Shared,
     s: &Arc<Segment>,
     blocks: Vec<TopicBlock>,
     forced: bool,
-) -> Result<()> {
+) -> Result<bool> {
     // Make each topic's next offset survive a restart even if nothing of it is left on disk
     // and its consumers are later removed (a no-op when the floor is already that high).
     let mut seen: Vec<&Arc<Topic>> = Vec::new();
@@ -145,18 +161,47 @@ async fn delete(
             seen.push(t);
             shared
                 .checkpoints
-                .persist(&shared.io, &t.name, FLOOR, t.next_offset())
+                .persist(&t.name, FLOOR, 0, t.next_offset())?
+                .wait()
                 .await?;
         }
     }
-    // Unlink first: if that fails, nothing in memory changed and a later pass retries.
-    let (path, dir, trace) = (s.path.clone(), shared.dir.clone(), shared.io.trace.clone());
+    // The last look, and the commit, under the consumers lock (see `pass`).
+    let taken = shared.with_consumers(|c| {
+        if !forced && !consumed(&shared.consumer_pins(c), Some(&blocks)) {
+            return false;
+        }
+        s.deleted.store(true, Ordering::Release);
+        for (t, b) in &blocks {
+            t.remove_block(b);
+        }
+        shared.alloc.forget(s.ms);
+        true
+    });
+    if !taken {
+        tracing::debug!(path = %s.path.display(), "segment pinned by a new consumer; kept");
+        return Ok(false);
+    }
+    shared
+        .stats
+        .segments_deleted
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(path = %s.path.display(), forced, "segment deleted");
+    if let Err(e) = unlink(shared, s.path.clone()).await {
+        lock(&shared.orphans).push(s.path.clone());
+        return Err(e.into());
+    }
+    Ok(true)
+}
+
+/// Unlinks a segment file and syncs the directory. A file already gone counts as deleted (an
+/// operator freed the space, or an earlier unlink succeeded and its directory sync failed):
+/// the directory is synced anyway.
+async fn unlink(shared: &Shared, path: PathBuf) -> std::io::Result<()> {
+    let (dir, trace) = (shared.dir.clone(), shared.io.trace.clone());
     crate::io::blocking(move || {
         match std::fs::remove_file(&path) {
             Ok(()) => trace.removed(&path),
-            // Already gone (an operator freed the space, or an earlier pass unlinked it and
-            // then failed): what was to be done is done. The directory is synced anyway, in
-            // case that earlier pass's sync is what failed.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!(path = %path.display(), "segment file already deleted");
             }
@@ -164,16 +209,16 @@ async fn delete(
         }
         crate::io::sync_dir(&trace, &dir)
     })
-    .await?;
-    s.deleted.store(true, Ordering::Release);
-    for (t, b) in &blocks {
-        t.remove_block(b);
+    .await
+}
+
+/// Files taken out of the log whose unlink failed: tried again.
+async fn retry_orphans(shared: &Shared) {
+    let orphans = std::mem::take(&mut *lock(&shared.orphans));
+    for path in orphans {
+        if let Err(e) = unlink(shared, path.clone()).await {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete a segment file; retrying later");
+            lock(&shared.orphans).push(path);
+        }
     }
-    shared.alloc.forget(s.ms);
-    shared
-        .stats
-        .segments_deleted
-        .fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(path = %s.path.display(), forced, "segment deleted");
-    Ok(())
 }

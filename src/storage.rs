@@ -474,7 +474,8 @@ pub(crate) fn scan_segment(
     // Set while probing through non-zero bytes that are no block: counted once per stretch.
     let mut in_damage = false;
     let mut pos = PAGE;
-    while pos + PAGE <= len {
+    // Every page boundary inside the file, also a last partial page (a file cut short).
+    while pos < len {
         match next_data(pos) {
             Some(d) if d / PAGE * PAGE > pos => {
                 pos = d / PAGE * PAGE;
@@ -486,6 +487,7 @@ pub(crate) fn scan_segment(
         let at = &map[pos as usize..];
         let h = match BlockHeader::decode(at, pos) {
             Ok(h) => h,
+            Err(DecodeError::Short) if at.iter().all(|&b| b == 0) => break,
             Err(DecodeError::Zero) => {
                 pos += PAGE;
                 continue;

@@ -21,11 +21,15 @@ use crate::wal::{Entry, Shared};
 const READ_AHEAD_ENTRIES: usize = 256;
 const READ_AHEAD_BYTES: usize = 1 << 20;
 
-/// The live state of one consumer of one topic.
+/// The live state of one consumer of one topic, for one registration (epoch) of it: a removed
+/// or reset consumer gets a new state, so nothing of the old one can touch the new.
 pub(crate) struct ConsumerState {
     pub topic: Arc<str>,
     /// `""` is the topic's default consumer.
     pub name: Arc<str>,
+    /// The registration this state belongs to (see `checkpoint`); `0` for a default consumer
+    /// never reset.
+    pub epoch: u64,
     /// Next offset after the last acknowledgement: the checkpoint, in memory.
     pub acked: AtomicU64,
     /// Where it stood when this process first used it; not having moved means nothing to
@@ -36,18 +40,46 @@ pub(crate) struct ConsumerState {
     /// The polling cursor of the default consumer (`read_next`, `batch_read`); also serialises
     /// concurrent polls.
     pub poll: tokio::sync::Mutex<Cursor>,
+    /// The default consumer pins its data in memory (at `acked`) from its first stream or
+    /// consuming read on, like a named consumer does from its registration.
+    pub reading: AtomicBool,
+}
+
+/// Holds a consumer busy (one live reader, or an administrative call on it); lets go on drop,
+/// also when the future holding it is dropped.
+pub(crate) struct Hold(Arc<ConsumerState>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
 }
 
 impl ConsumerState {
-    pub fn new(topic: Arc<str>, name: Arc<str>, at: u64) -> ConsumerState {
+    pub fn new(topic: Arc<str>, name: Arc<str>, epoch: u64, at: u64) -> ConsumerState {
         ConsumerState {
             topic,
             name,
+            epoch,
             acked: AtomicU64::new(at),
             start: at,
             busy: AtomicBool::new(false),
             poll: tokio::sync::Mutex::new(Cursor::new(at)),
+            reading: AtomicBool::new(false),
         }
+    }
+
+    /// Holds the consumer for an administrative call: busy while a stream lives or a polling
+    /// read is in flight.
+    pub fn hold(self: &Arc<Self>) -> Result<Hold> {
+        if !self.try_hold() {
+            return Err(self.busy_error());
+        }
+        let hold = Hold(self.clone());
+        if self.poll.try_lock().is_err() {
+            return Err(self.busy_error());
+        }
+        Ok(hold)
     }
 
     pub fn busy_error(&self) -> Error {
@@ -117,6 +149,8 @@ pub struct TopicStream {
     wait: Option<BoxFuture<()>>,
     /// Durable registration of a named consumer, awaited before the first item.
     registration: Option<BoxFuture<Result<()>>>,
+    /// The registration's write failed: it is written again before the next item.
+    register_again: bool,
     scratch: Vec<Entry>,
 }
 
@@ -150,6 +184,7 @@ impl TopicStream {
             persisted,
             wait: None,
             registration,
+            register_again: false,
             scratch: Vec::new(),
         }
     }
@@ -278,10 +313,25 @@ impl TopicStream {
 
     /// Makes `buf` non-empty, or reports the end (`None`) or an error.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<()>>> {
+        if self.register_again {
+            let again = self.shared.checkpoints.reregister(
+                &self.state.topic,
+                &self.state.name,
+                self.state.epoch,
+            );
+            match again {
+                Ok(ticket) => self.registration = Some(Box::pin(ticket.wait())),
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            self.register_again = false;
+        }
         if let Some(reg) = self.registration.as_mut() {
             let res = ready!(reg.as_mut().poll(cx));
             self.registration = None;
             if let Err(e) = res {
+                // Not durable: say so, and write it again before going on (a consumer whose
+                // registration is not durable would be unknown after a restart).
+                self.register_again = true;
                 return Poll::Ready(Some(Err(e)));
             }
         }
@@ -351,22 +401,22 @@ impl Stream for TopicStream {
 
 impl Drop for TopicStream {
     fn drop(&mut self) {
-        self.state.busy.store(false, Ordering::Release);
-        // AtLeastOnce: persist what was acknowledged but not yet persisted.
+        // AtLeastOnce: persist what was acknowledged but not yet persisted. Queued to the
+        // checkpoint writer before the consumer is let go, so it is ordered before anything a
+        // later reader of this consumer writes (and its epoch keeps it off a later
+        // registration). Needs no runtime here.
         let acked = self.state.acked.load(Ordering::Acquire);
-        if acked > self.persisted
-            && !self.shared.is_closed()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let (shared, state) = (self.shared.clone(), self.state.clone());
-            self.shared.background.spawn_on(
-                async move {
-                    if let Err(e) = shared.persist_checkpoint(&state, acked).await {
-                        tracing::warn!(topic = %state.topic, consumer = %state.name, error = %e, "persisting a dropped stream's checkpoint failed");
-                    }
-                },
-                &rt,
+        if acked > self.persisted && !self.shared.is_closed() {
+            let queued = self.shared.checkpoints.persist(
+                &self.state.topic,
+                &self.state.name,
+                self.state.epoch,
+                acked,
             );
+            if let Err(e) = queued {
+                tracing::warn!(topic = %self.state.topic, consumer = %self.state.name, error = %e, "persisting a dropped stream's checkpoint failed");
+            }
         }
+        self.state.busy.store(false, Ordering::Release);
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{self, CheckpointStore, Member};
 use crate::config::{Config, IoBackend, ReadConsistency, WalrusBuilder};
 use crate::durability::{self, Durability};
 use crate::error::{Error, Result};
@@ -57,6 +57,11 @@ pub struct Stats {
     pub checksum_failures: u64,
     /// The I/O engine in use.
     pub backend: IoBackend,
+    /// The checkpoint store was found damaged or missing (with segments present) at open. Until
+    /// the next open, no data is deleted on consumers' account (retention limits still apply),
+    /// so every consumer can subscribe again and pin what it has not read; the damaged file was
+    /// kept aside as `checkpoints.damaged-<n>`.
+    pub checkpoint_store_damaged: bool,
     /// Backlog of every registered consumer (the default consumer of a topic once it has
     /// consumed something), sorted by topic and consumer.
     pub consumers: Vec<ConsumerLag>,
@@ -109,10 +114,12 @@ pub(crate) struct Shared {
     pub retention_wake: tokio::sync::Notify,
     /// One retention pass at a time.
     pub retention_lock: tokio::sync::Mutex<()>,
-    /// Short tasks spawned on callers' runtimes (a named consumer's registration write, a
-    /// dropped stream's checkpoint write): `close` waits for them, so what they write is durable
-    /// once it returns and nothing writes the checkpoint store after the lock is released.
-    pub background: tokio_util::task::TaskTracker,
+    /// The checkpoint store was damaged or missing at open: no deletion on consumers' account.
+    pub checkpoint_damage: bool,
+    /// The checkpoint store's writer task.
+    checkpoint_task: Mutex<Option<JoinHandle<()>>>,
+    /// Segment files retention removed from the log whose unlink failed: retried every pass.
+    pub orphans: Mutex<Vec<PathBuf>>,
 }
 
 struct Inner {
@@ -145,6 +152,42 @@ impl std::fmt::Debug for Walrus {
             .field("dir", &self.shared().dir)
             .field("backend", &self.shared().io.kind())
             .finish()
+    }
+}
+
+/// Where [`Walrus::reset_consumer`] moves a consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetTo {
+    /// To this offset: the next entry the consumer reads is the one at `offset` (or the first
+    /// after it). Below the oldest retained entry it means the oldest; past the end, the end.
+    Offset(u64),
+    /// To the oldest retained entry: everything retained is read again.
+    Earliest,
+    /// To the end: only entries appended from now on are read.
+    Latest,
+}
+
+/// Undoes the checkpoint of a consuming read whose future was dropped before it returned: its
+/// entries never reached the caller, so the durable checkpoint must not stay past them.
+struct UndoCheckpoint {
+    shared: Arc<Shared>,
+    state: Arc<ConsumerState>,
+    from: u64,
+    to: u64,
+    armed: bool,
+}
+
+impl Drop for UndoCheckpoint {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.checkpoints.restore(
+                &self.state.topic,
+                &self.state.name,
+                self.state.epoch,
+                self.from,
+                self.to,
+            );
+        }
     }
 }
 
@@ -202,7 +245,7 @@ impl Walrus {
         let trace = Trace::new(config.fail_points.clone());
         #[cfg(not(feature = "failpoints"))]
         let trace = Trace::default();
-        let (lock_file, recovered, checkpoints) = {
+        let (lock_file, recovered, (checkpoints, checkpoint_report)) = {
             let dir = dir.clone();
             let data_dir = config.data_dir.clone();
             let trace = trace.clone();
@@ -278,8 +321,14 @@ impl Walrus {
             lock_file: Mutex::new(Some(lock_file)),
             retention_wake: tokio::sync::Notify::new(),
             retention_lock: tokio::sync::Mutex::new(()),
-            background: tokio_util::task::TaskTracker::new(),
+            checkpoint_damage: checkpoint_report.damaged,
+            checkpoint_task: Mutex::new(None),
+            orphans: Mutex::new(Vec::new()),
         });
+        *lock(&shared.checkpoint_task) = Some(tokio::spawn(checkpoint::run(
+            shared.checkpoints.clone(),
+            shared.io.clone(),
+        )));
         let wal = Walrus {
             inner: Arc::new(Inner {
                 shared: shared.clone(),
@@ -487,6 +536,7 @@ impl Walrus {
         let Some(t) = self.topic(topic) else {
             return Ok(Vec::new());
         };
+        let shared = self.shared();
         let state = self.consumer_state(&t, "");
         let mut guard = state.poll.lock().await;
         if state.busy.load(Ordering::Acquire) {
@@ -512,22 +562,38 @@ impl Walrus {
             *guard = cursor;
             return Err(Error::Truncated { requested, oldest });
         }
+        if checkpoint {
+            shared.pin_reader(&state);
+        }
         let mut out = Vec::new();
         cursor.read(&t, max_bytes, max_entries, &mut out);
         if !checkpoint || out.is_empty() {
             return Ok(out);
         }
-        let persisted = self.shared().checkpoints.get(topic, "").unwrap_or(0);
-        let due = match self.shared().config.consistency {
+        let persisted = shared.checkpoints.member(topic, "").map_or(0, |m| m.offset);
+        let due = match shared.config.consistency {
             ReadConsistency::StrictlyAtOnce => true,
             ReadConsistency::AtLeastOnce { persist_every } => {
                 cursor.next.saturating_sub(persisted) >= u64::from(persist_every.max(1))
             }
         };
         if due {
-            self.shared()
-                .persist_checkpoint(&state, cursor.next)
-                .await?;
+            let ticket = shared
+                .checkpoints
+                .persist(topic, "", state.epoch, cursor.next)?;
+            // Declared after the poll guard, so dropped before it: the undo is queued before
+            // another read of this consumer can queue anything.
+            let mut undo = UndoCheckpoint {
+                shared: shared.clone(),
+                state: state.clone(),
+                from: cursor.next,
+                to: acked,
+                armed: true,
+            };
+            let res = ticket.wait().await;
+            undo.armed = false;
+            res?;
+            shared.retention_wake.notify_one();
         }
         state.acked.store(cursor.next, Ordering::Release);
         *guard = cursor;
@@ -590,39 +656,74 @@ impl Walrus {
         validate_topic(topic)?;
         let t = self.topic_or_create(topic);
         let shared = self.shared();
-        let state = self.consumer_state(&t, consumer);
-        if !state.try_hold() {
-            return Err(state.busy_error());
-        }
-        // A polling read of the default consumer in flight holds this lock.
-        if state.poll.try_lock().is_err() {
-            state.busy.store(false, Ordering::Release);
-            return Err(state.busy_error());
-        }
-        let persisted = shared.checkpoints.get(topic, consumer);
-        let registration = match persisted {
-            None if !consumer.is_empty() && !shared.checkpoints.is_registered(topic, consumer) => {
-                // Registration happens whether or not the stream is ever polled; the stream
-                // waits for it to be durable before its first item.
-                let at = state.acked.load(Ordering::Acquire);
-                let register = shared.checkpoints.register(&shared.io, topic, consumer, at);
-                let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> =
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(rt) => {
-                            let task = shared.background.spawn_on(register, &rt);
-                            Box::pin(async move {
-                                task.await
-                                    .unwrap_or_else(|e| Err(Error::Io(std::io::Error::other(e))))
-                            })
-                        }
-                        // Outside a runtime: registered when the stream is first polled.
-                        Err(_) => Box::pin(register),
-                    };
-                Some(fut)
+        // Under the consumers lock: one registration per consumer, and ordered against
+        // retention's last look before it deletes (see `retention::pass`).
+        let mut consumers = lock(&shared.consumers);
+        let member = shared.checkpoints.member(topic, consumer);
+        let key: ConsumerKey = (t.name.clone(), Arc::from(consumer));
+        let (state, registration, persisted) = match member {
+            // A named consumer's first subscription registers it, at the oldest retained
+            // entry; it pins data from now on, and the stream waits for the record to be
+            // durable before its first item. Nothing else holds a state of an unregistered
+            // consumer busy (removal and reset need it idle).
+            None if !consumer.is_empty() => {
+                if consumers
+                    .get(&key)
+                    .is_some_and(|s| s.busy.load(Ordering::Acquire))
+                {
+                    return Err(Error::ConsumerBusy {
+                        topic: topic.to_owned(),
+                        consumer: consumer.to_owned(),
+                    });
+                }
+                let at = t.oldest.load(Ordering::Acquire);
+                let (epoch, ticket) = shared.checkpoints.register(topic, consumer, at)?;
+                let state = Arc::new(ConsumerState::new(
+                    t.name.clone(),
+                    Arc::from(consumer),
+                    epoch,
+                    at,
+                ));
+                consumers.insert(key, state.clone());
+                if !state.try_hold() {
+                    return Err(state.busy_error());
+                }
+                (state, Some(ticket), at)
             }
-            _ => None,
+            member => {
+                let state = shared.state_locked(&mut consumers, &t, consumer, member);
+                if !state.try_hold() {
+                    return Err(state.busy_error());
+                }
+                // A polling read of the default consumer in flight holds this lock.
+                if state.poll.try_lock().is_err() {
+                    state.busy.store(false, Ordering::Release);
+                    return Err(state.busy_error());
+                }
+                let registration = match member {
+                    Some(m) if !m.durable => {
+                        match shared.checkpoints.reregister(topic, consumer, m.epoch) {
+                            Ok(t) => Some(t),
+                            Err(e) => {
+                                state.busy.store(false, Ordering::Release);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                if consumer.is_empty() {
+                    state.reading.store(true, Ordering::Release);
+                }
+                let persisted = member.map_or(state.start, |m| m.offset);
+                (state, registration, persisted)
+            }
         };
-        let persisted = persisted.unwrap_or(state.start);
+        drop(consumers);
+        let registration = registration.map(|t| {
+            Box::pin(t.wait())
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>
+        });
         Ok(TopicStream::new(
             shared.clone(),
             t,
@@ -654,26 +755,92 @@ impl Walrus {
         validate_consumer(consumer)?;
         let shared = self.shared();
         let key: ConsumerKey = (Arc::from(topic), Arc::from(consumer));
-        let state = lock(&shared.consumers).get(&key).cloned();
-        // Held busy while removing, so no stream can start on the state being removed.
-        if let Some(state) = &state
-            && !state.try_hold()
-        {
-            return Err(state.busy_error());
-        }
-        let res = if shared.checkpoints.is_registered(topic, consumer) {
-            shared.checkpoints.remove(&shared.io, topic, consumer).await
-        } else {
-            Ok(())
+        let ticket = {
+            let mut consumers = lock(&shared.consumers);
+            // Refused while a stream of it lives; held (and let go on drop, whatever happens
+            // to this future) while the removal is queued.
+            let _hold = consumers.get(&key).map(|s| s.hold()).transpose()?;
+            // From here on the consumer is gone for every caller: a later `subscribe_as`
+            // registers it afresh. Its durable checkpoint pins data until the removal is
+            // durable.
+            let ticket = shared.checkpoints.remove(topic, consumer)?;
+            consumers.remove(&key);
+            ticket
         };
-        if res.is_ok() {
-            lock(&shared.consumers).remove(&key);
-        } else if let Some(state) = &state {
-            state.busy.store(false, Ordering::Release);
-        }
-        res?;
+        // Dropping this wait does not cancel the removal.
+        ticket.wait().await?;
         shared.retention_wake.notify_one();
         Ok(())
+    }
+
+    /// Moves `consumer`'s checkpoint of `topic` to `to`, durably, and returns where it now
+    /// stands: the next offset the consumer will read. `""` is the topic's default consumer
+    /// (the polling reads and `subscribe`). A named consumer not registered yet is registered
+    /// there.
+    ///
+    /// An offset below the oldest retained entry moves the consumer to the oldest; one past
+    /// the end moves it to the end. The reset starts a new registration of the consumer: no
+    /// checkpoint written by an earlier stream of it (a late write of a dropped stream, say)
+    /// can land on it. Refused with [`Error::ConsumerBusy`] while a stream of the consumer is
+    /// live or a polling read of it is in flight.
+    ///
+    /// # Cancellation
+    /// Once polled, the reset is made whatever happens to the future: dropping it only stops
+    /// the wait for it to be durable. A failed write is reported to the caller, and the
+    /// consumer's next stream writes the new position again before its first item.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> walrus_async::Result<()> {
+    /// use walrus_async::{ResetTo, Walrus};
+    /// let dir = tempfile::tempdir()?;
+    /// let wal = Walrus::open(dir.path()).await?;
+    /// wal.append_batch("orders", ["a", "b", "c"]).await?;
+    /// assert_eq!(wal.reset_consumer("orders", "billing", ResetTo::Latest).await?, 3);
+    /// assert_eq!(wal.reset_consumer("orders", "billing", ResetTo::Offset(1)).await?, 1);
+    /// assert_eq!(wal.consumer_lag("orders", "billing"), Some(2));
+    /// # wal.close().await }
+    /// ```
+    pub async fn reset_consumer(&self, topic: &str, consumer: &str, to: ResetTo) -> Result<u64> {
+        self.check_open()?;
+        validate_topic(topic)?;
+        if !consumer.is_empty() {
+            validate_consumer(consumer)?;
+        }
+        let t = self.topic_or_create(topic);
+        let shared = self.shared();
+        let (at, ticket) = {
+            let mut consumers = lock(&shared.consumers);
+            let member = shared.checkpoints.member(topic, consumer);
+            let key: ConsumerKey = (t.name.clone(), Arc::from(consumer));
+            let _hold = consumers.get(&key).map(|s| s.hold()).transpose()?;
+            let oldest = t.oldest.load(Ordering::Acquire);
+            let end = t.next_offset().max(oldest);
+            let at = match to {
+                ResetTo::Earliest => oldest,
+                ResetTo::Latest => end,
+                ResetTo::Offset(n) => n.clamp(oldest, end),
+            };
+            let (epoch, ticket) = shared.checkpoints.register(topic, consumer, at)?;
+            let state = Arc::new(ConsumerState::new(
+                t.name.clone(),
+                Arc::from(consumer),
+                epoch,
+                at,
+            ));
+            // A default consumer that was reading keeps pinning from its new position.
+            if let Some(old) = consumers.get(&key)
+                && old.reading.load(Ordering::Acquire)
+            {
+                state.reading.store(true, Ordering::Release);
+            }
+            consumers.insert(key, state);
+            let _ = member;
+            (at, ticket)
+        };
+        ticket.wait().await?;
+        shared.retention_wake.notify_one();
+        Ok(at)
     }
 
     /// Entries of `topic` the consumer has not acknowledged (`""`: the default consumer).
@@ -747,6 +914,7 @@ impl Walrus {
             checksum_failures: s.checksum_failures.load(Ordering::Relaxed),
             backend: self.shared().io.kind(),
             consumers: self.lags(),
+            checkpoint_store_damaged: self.shared().checkpoint_damage,
         }
     }
 
@@ -756,7 +924,7 @@ impl Walrus {
             .checkpoints
             .registered()
             .into_iter()
-            .filter_map(|(topic, consumer, _)| {
+            .filter_map(|(topic, consumer)| {
                 let lag = self.consumer_lag(&topic, &consumer)?;
                 Some(ConsumerLag {
                     topic,
@@ -794,9 +962,6 @@ impl Walrus {
         for w in writers {
             let _ = w.await;
         }
-        // Registrations and dropped streams' checkpoint writes still under way.
-        shared.background.close();
-        shared.background.wait().await;
         let mut result = Ok(());
         // Persist consumer positions that AtLeastOnce has not written yet.
         let states: Vec<_> = lock(&shared.consumers).values().cloned().collect();
@@ -804,8 +969,9 @@ impl Walrus {
             let acked = state.acked.load(Ordering::Acquire);
             let persisted = shared
                 .checkpoints
-                .get(&state.topic, &state.name)
-                .unwrap_or(state.start);
+                .member(&state.topic, &state.name)
+                .filter(|m| m.epoch == state.epoch)
+                .map_or(state.start, |m| m.offset);
             if acked > persisted
                 && let Err(e) = shared.persist_checkpoint(&state, acked).await
             {
@@ -816,6 +982,13 @@ impl Walrus {
             && result.is_ok()
         {
             result = Err(e);
+        }
+        // Registrations, removals and dropped streams' checkpoints still queued are written
+        // before the lock is let go.
+        shared.checkpoints.close();
+        let writer = lock(&shared.checkpoint_task).take();
+        if let Some(w) = writer {
+            let _ = w.await;
         }
         shared.stop.send_replace(true);
         let tasks: Vec<_> = std::mem::take(&mut *lock(&shared.tasks));
@@ -861,24 +1034,77 @@ impl Shared {
 
     pub(crate) fn consumer_state(&self, topic: &Arc<Topic>, consumer: &str) -> Arc<ConsumerState> {
         let mut consumers = lock(&self.consumers);
+        let member = self.checkpoints.member(&topic.name, consumer);
+        self.state_locked(&mut consumers, topic, consumer, member)
+    }
+
+    /// The state of `consumer`'s current registration `member`, created if the one held is
+    /// of an earlier registration (removed or reset since) or there is none.
+    fn state_locked(
+        &self,
+        consumers: &mut HashMap<ConsumerKey, Arc<ConsumerState>>,
+        topic: &Arc<Topic>,
+        consumer: &str,
+        member: Option<Member>,
+    ) -> Arc<ConsumerState> {
         let key: ConsumerKey = (topic.name.clone(), Arc::from(consumer));
-        consumers
-            .entry(key)
-            .or_insert_with_key(|(t, c)| {
-                // A checkpoint below `oldest` is kept: its reader reports `Truncated` once.
-                let at = self
-                    .checkpoints
-                    .get(t, c)
-                    .unwrap_or_else(|| topic.oldest.load(Ordering::Acquire));
-                Arc::new(ConsumerState::new(t.clone(), c.clone(), at))
-            })
-            .clone()
+        let epoch = member.map_or(0, |m| m.epoch);
+        if let Some(s) = consumers.get(&key)
+            && s.epoch == epoch
+        {
+            return s.clone();
+        }
+        // A checkpoint below `oldest` is kept: its reader reports `Truncated` once.
+        let at = member.map_or_else(|| topic.oldest.load(Ordering::Acquire), |m| m.offset);
+        let state = Arc::new(ConsumerState::new(
+            topic.name.clone(),
+            Arc::from(consumer),
+            epoch,
+            at,
+        ));
+        consumers.insert(key, state.clone());
+        state
+    }
+
+    /// The default consumer pins its data from its first read on.
+    pub(crate) fn pin_reader(&self, state: &ConsumerState) {
+        if !state.reading.load(Ordering::Acquire) {
+            // Under the consumers lock, so retention's last look before a deletion sees it.
+            let _consumers = lock(&self.consumers);
+            state.reading.store(true, Ordering::Release);
+        }
+    }
+
+    /// Per topic, the lowest offset any consumer may still read from: registered consumers'
+    /// durable and pending checkpoints, and default consumers that are reading. Call with the
+    /// consumers lock held when the answer must stay true until a deletion is committed.
+    pub(crate) fn consumer_pins(
+        &self,
+        consumers: &HashMap<ConsumerKey, Arc<ConsumerState>>,
+    ) -> HashMap<String, u64> {
+        let mut pins = self.checkpoints.pins();
+        for s in consumers.values() {
+            if s.name.is_empty() && s.reading.load(Ordering::Acquire) {
+                let e = pins.entry(s.topic.to_string()).or_insert(u64::MAX);
+                *e = (*e).min(s.acked.load(Ordering::Acquire));
+            }
+        }
+        pins
+    }
+
+    /// Runs `f` with the consumers lock held (see [`consumer_pins`](Self::consumer_pins)).
+    pub(crate) fn with_consumers<R>(
+        &self,
+        f: impl FnOnce(&HashMap<ConsumerKey, Arc<ConsumerState>>) -> R,
+    ) -> R {
+        f(&lock(&self.consumers))
     }
 
     /// Durably records a consumer's checkpoint and lets retention look again.
     pub(crate) async fn persist_checkpoint(&self, state: &ConsumerState, next: u64) -> Result<()> {
         self.checkpoints
-            .persist(&self.io, &state.topic, &state.name, next)
+            .persist(&state.topic, &state.name, state.epoch, next)?
+            .wait()
             .await?;
         self.retention_wake.notify_one();
         Ok(())
@@ -917,7 +1143,11 @@ fn prepare(
     data_dir: &Path,
     dir: &Path,
     trace: Trace,
-) -> Result<(File, storage::Recovered, CheckpointStore)> {
+) -> Result<(
+    File,
+    storage::Recovered,
+    (CheckpointStore, checkpoint::OpenReport),
+)> {
     if data_dir.exists() && !data_dir.is_dir() {
         return Err(Error::DataDir {
             path: data_dir.to_path_buf(),

@@ -41,7 +41,10 @@ async fn a_segment_cut_inside_an_entry_keeps_the_entries_before_it() {
     for (i, (o, data)) in all.iter().enumerate() {
         assert_eq!((*o, data.as_slice()), (i as u64, &[i as u8; 1024][..]));
     }
-    assert!(wal.stats().checksum_failures >= 1, "the cut is counted as damage");
+    assert!(
+        wal.stats().checksum_failures >= 1,
+        "the cut is counted as damage"
+    );
     // The torn entry's offset is handed out again, and the log goes on.
     assert_eq!(wal.append("t", "next").await.unwrap(), 19);
     wal.close().await.unwrap();

@@ -44,7 +44,11 @@ async fn a_consumed_segment_deleted_by_hand_does_not_stop_retention() {
     // The background task may get there first; either way every consumed, sealed file goes.
     wal.reclaim().await.unwrap();
     for p in &before[1..3] {
-        assert!(!p.exists(), "{} was consumed and should be deleted", p.display());
+        assert!(
+            !p.exists(),
+            "{} was consumed and should be deleted",
+            p.display()
+        );
     }
     wal.close().await.unwrap();
 }
