@@ -332,6 +332,8 @@ pub(crate) struct CheckpointStore {
     rx: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
     /// Set by `close`: a refused job then means "closed", not "runtime gone".
     closed: AtomicBool,
+    /// Set when the log's runtime is gone.
+    gone: AtomicBool,
     file: Mutex<Option<(Arc<File>, u64)>>,
     trace: Trace,
 }
@@ -420,6 +422,7 @@ impl CheckpointStore {
                 tx: Mutex::new(Some(tx)),
                 rx: Mutex::new(Some(rx)),
                 closed: AtomicBool::new(false),
+                gone: AtomicBool::new(false),
                 file: Mutex::new(Some((Arc::new(file), len))),
             },
             report,
@@ -503,7 +506,7 @@ impl CheckpointStore {
             .is_some_and(|tx| tx.send(Queued { job, reply }).is_ok());
         if sent {
             Ok(Ticket(rx))
-        } else if self.closed.load(Ordering::Acquire) {
+        } else if self.closed.load(Ordering::Acquire) && !self.gone.load(Ordering::Acquire) {
             Err(Error::Closed)
         } else {
             Err(Error::RuntimeGone)
@@ -617,6 +620,12 @@ impl CheckpointStore {
     /// Takes the writer task's queue (once).
     fn take_queue(&self) -> Option<mpsc::UnboundedReceiver<Queued>> {
         lock(&self.rx).take()
+    }
+
+    /// The log's runtime is gone: a refused job means that, not "closed".
+    pub(crate) fn runtime_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+        lock(&self.tx).take();
     }
 
     /// Refuses new jobs; the writer task writes what is queued and ends.

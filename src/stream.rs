@@ -151,6 +151,8 @@ pub struct TopicStream {
     registration: Option<BoxFuture<Result<()>>>,
     /// The registration's write failed: it is written again before the next item.
     register_again: bool,
+    /// `Error::RuntimeGone` was reported.
+    told_gone: bool,
     scratch: Vec<Entry>,
 }
 
@@ -185,6 +187,7 @@ impl TopicStream {
             wait: None,
             registration,
             register_again: false,
+            told_gone: false,
             scratch: Vec::new(),
         }
     }
@@ -220,7 +223,7 @@ impl TopicStream {
     /// persisted); it never moves past `offset`.
     pub async fn ack(&mut self, offset: u64) -> Result<()> {
         if self.shared.is_closed() {
-            return Err(Error::Closed);
+            return Err(self.shared.stopped());
         }
         let invalid = |reason| Error::InvalidAck { offset, reason };
         let current = self.state.acked.load(Ordering::Acquire);
@@ -340,6 +343,11 @@ impl TopicStream {
                 return Poll::Ready(Some(Ok(())));
             }
             if self.shared.is_closed() {
+                // A log whose runtime is gone says so once before the stream ends.
+                if self.shared.runtime_gone() && !self.told_gone {
+                    self.told_gone = true;
+                    return Poll::Ready(Some(Err(Error::RuntimeGone)));
+                }
                 return Poll::Ready(None);
             }
             let oldest = self.topic.oldest.load(Ordering::Acquire);

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -91,6 +92,11 @@ pub struct ConsumerLag {
 
 type ConsumerKey = (Arc<str>, Arc<str>);
 
+/// The outcome of `close`, awaited by every caller of it.
+type Closing = futures::future::Shared<
+    futures::future::BoxFuture<'static, std::result::Result<(), Arc<Error>>>,
+>;
+
 /// State shared by the handle and the background tasks.
 pub(crate) struct Shared {
     pub config: Config,
@@ -106,7 +112,10 @@ pub(crate) struct Shared {
     consumers: Mutex<HashMap<ConsumerKey, Arc<ConsumerState>>>,
     writers: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
-    closing: tokio::sync::Mutex<bool>,
+    /// The close under way or done, shared by every `close` call.
+    closing: Mutex<Option<Closing>>,
+    /// The runtime that opened the log has shut down (its tasks were dropped unfinished).
+    runtime_gone: AtomicBool,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock_file: Mutex<Option<File>>,
@@ -315,7 +324,8 @@ impl Walrus {
             consumers: Mutex::new(HashMap::new()),
             writers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
-            closing: tokio::sync::Mutex::new(false),
+            closing: Mutex::new(None),
+            runtime_gone: AtomicBool::new(false),
             stop,
             tasks: Mutex::new(Vec::new()),
             lock_file: Mutex::new(Some(lock_file)),
@@ -325,10 +335,8 @@ impl Walrus {
             checkpoint_task: Mutex::new(None),
             orphans: Mutex::new(Vec::new()),
         });
-        *lock(&shared.checkpoint_task) = Some(tokio::spawn(checkpoint::run(
-            shared.checkpoints.clone(),
-            shared.io.clone(),
-        )));
+        let checkpoint_writer = checkpoint::run(shared.checkpoints.clone(), shared.io.clone());
+        *lock(&shared.checkpoint_task) = Some(tokio::spawn(checkpoint_writer));
         let wal = Walrus {
             inner: Arc::new(Inner {
                 shared: shared.clone(),
@@ -341,7 +349,18 @@ impl Walrus {
             Ok(deleted) => tracing::info!(deleted, "reclaimed segments consumed before this open"),
             Err(e) => tracing::warn!(error = %e, "reclaiming at open failed; retrying later"),
         }
-        let durability = tokio::spawn(durability::run(shared.clone(), durability_rx, stop_rx));
+        let watch = RuntimeWatch {
+            shared: Arc::downgrade(&shared),
+            finished: false,
+        };
+        let durability = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let mut watch = watch; // the whole guard, not just a field, lives in the task
+                durability::run(shared, durability_rx, stop_rx).await;
+                watch.finished = true;
+            }
+        });
         let retention = tokio::spawn(retention::run(shared.clone(), shared.stop.subscribe()));
         lock(&shared.tasks).extend([durability, retention]);
         Ok(wal)
@@ -353,7 +372,7 @@ impl Walrus {
 
     fn check_open(&self) -> Result<()> {
         if self.shared().closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
+            Err(self.shared().stopped())
         } else {
             Ok(())
         }
@@ -448,9 +467,9 @@ impl Walrus {
             reply: Some(reply),
         })
         .await
-        .map_err(|_| Error::Closed)?;
+        .map_err(|_| self.shared().stopped())?;
         drop(tx);
-        rx.await.map_err(|_| Error::Closed)?
+        rx.await.map_err(|_| self.shared().stopped())?
     }
 
     fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -481,7 +500,8 @@ impl Walrus {
         }
         let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
         let next = topic.next_offset();
-        let handle = tokio::spawn(crate::writer::run(shared.clone(), topic.clone(), rx, next));
+        // On the log's runtime, whichever runtime this caller is on.
+        let handle = shared.spawn(crate::writer::run(shared.clone(), topic.clone(), rx, next));
         lock(&shared.writers).push(handle);
         *slot = Some(tx.clone());
         Ok(tx)
@@ -943,65 +963,96 @@ impl Walrus {
     /// data acknowledged before that failure may be lost, and a later success would be a lie.
     pub async fn sync(&self) -> Result<()> {
         self.check_open()?;
-        self.shared().durability.sync_all().await
+        self.shared()
+            .durability
+            .sync_all()
+            .await
+            .map_err(|e| match e {
+                Error::Closed => self.shared().stopped(),
+                e => e,
+            })
     }
 
     /// Closes the log: stops taking appends, finishes queued ones, syncs, persists
     /// checkpoints, ends the background tasks and releases the directory lock.
     ///
-    /// A second `close` returns `Ok(())`; every other call afterwards returns
-    /// [`Error::Closed`], except [`stats`](Self::stats).
+    /// Every later call returns [`Error::Closed`], except [`stats`](Self::stats) and `close`
+    /// itself, which returns the outcome of the first close again: `Ok(())` only if everything
+    /// was made durable.
+    ///
+    /// # Cancellation
+    /// The close runs as a task of the log once this future is first polled: dropping the
+    /// future does not stop it, and the next `close` waits for it to finish and returns its
+    /// result.
     pub async fn close(&self) -> Result<()> {
         let shared = self.shared().clone();
-        let mut done = shared.closing.lock().await;
-        if *done {
-            return Ok(());
-        }
-        shared.stop_accepting();
-        let writers: Vec<_> = std::mem::take(&mut *lock(&shared.writers));
-        for w in writers {
-            let _ = w.await;
-        }
-        let mut result = Ok(());
-        // Persist consumer positions that AtLeastOnce has not written yet.
-        let states: Vec<_> = lock(&shared.consumers).values().cloned().collect();
-        for state in states {
-            let acked = state.acked.load(Ordering::Acquire);
-            let persisted = shared
-                .checkpoints
-                .member(&state.topic, &state.name)
-                .filter(|m| m.epoch == state.epoch)
-                .map_or(state.start, |m| m.offset);
-            if acked > persisted
-                && let Err(e) = shared.persist_checkpoint(&state, acked).await
-            {
-                result = Err(e);
-            }
-        }
-        if let Err(e) = shared.durability.sync_all().await
-            && result.is_ok()
+        let closing = lock(&shared.closing)
+            .get_or_insert_with(|| {
+                let task = shared.spawn(close_log(shared.clone()));
+                let shared = shared.clone();
+                async move {
+                    match task.await {
+                        Ok(res) => res.map_err(Arc::new),
+                        Err(e) => {
+                            // The log's runtime is gone: let go of what needs no task.
+                            shared.abandon();
+                            Err(Arc::new(join_error(e)))
+                        }
+                    }
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        closing.await.map_err(|e| e.duplicate())
+    }
+}
+
+/// The work of [`Walrus::close`], a task of the log.
+async fn close_log(shared: Arc<Shared>) -> Result<()> {
+    shared.stop_accepting();
+    let writers: Vec<_> = std::mem::take(&mut *lock(&shared.writers));
+    for w in writers {
+        let _ = w.await;
+    }
+    let mut result = Ok(());
+    // Persist consumer positions that AtLeastOnce has not written yet.
+    let states: Vec<_> = lock(&shared.consumers).values().cloned().collect();
+    for state in states {
+        let acked = state.acked.load(Ordering::Acquire);
+        let persisted = shared
+            .checkpoints
+            .member(&state.topic, &state.name)
+            .filter(|m| m.epoch == state.epoch)
+            .map_or(state.start, |m| m.offset);
+        if acked > persisted
+            && let Err(e) = shared.persist_checkpoint(&state, acked).await
         {
             result = Err(e);
         }
-        // Registrations, removals and dropped streams' checkpoints still queued are written
-        // before the lock is let go.
-        shared.checkpoints.close();
-        let writer = lock(&shared.checkpoint_task).take();
-        if let Some(w) = writer {
-            let _ = w.await;
-        }
-        shared.stop.send_replace(true);
-        let tasks: Vec<_> = std::mem::take(&mut *lock(&shared.tasks));
-        for t in tasks {
-            let _ = t.await;
-        }
-        shared.alloc.discard_spare().await;
-        shared.io.shutdown();
-        lock(&shared.lock_file).take();
-        *done = true;
-        tracing::info!(dir = %shared.dir.display(), "log closed");
-        result
     }
+    if let Err(e) = shared.durability.sync_all().await
+        && result.is_ok()
+    {
+        result = Err(e);
+    }
+    // Registrations, removals and dropped streams' checkpoints still queued are written
+    // before the lock is let go.
+    shared.checkpoints.close();
+    let writer = lock(&shared.checkpoint_task).take();
+    if let Some(w) = writer {
+        let _ = w.await;
+    }
+    shared.stop.send_replace(true);
+    let tasks: Vec<_> = std::mem::take(&mut *lock(&shared.tasks));
+    for t in tasks {
+        let _ = t.await;
+    }
+    shared.alloc.discard_spare().await;
+    shared.io.shutdown();
+    lock(&shared.lock_file).take();
+    tracing::info!(dir = %shared.dir.display(), "log closed");
+    result
 }
 
 impl Shared {
@@ -1016,6 +1067,31 @@ impl Shared {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the runtime that opened the log has shut down.
+    pub(crate) fn runtime_gone(&self) -> bool {
+        self.runtime_gone.load(Ordering::Acquire)
+    }
+
+    /// Why a task of the log did not answer: the log was closed, or its runtime is gone.
+    pub(crate) fn stopped(&self) -> Error {
+        if self.is_closed() && !self.runtime_gone() {
+            Error::Closed
+        } else {
+            Error::RuntimeGone
+        }
+    }
+
+    /// After the log's runtime is gone: refuse everything and let go of what needs no task
+    /// (the directory lock, the checkpoint store's queue).
+    fn abandon(&self) {
+        self.runtime_gone.store(true, Ordering::Release);
+        self.stop_accepting();
+        self.checkpoints.runtime_gone();
+        self.stop.send_replace(true);
+        self.io.shutdown();
+        lock(&self.lock_file).take();
     }
 
     /// Fires when the log is closed or its last handle dropped.
@@ -1116,6 +1192,28 @@ impl Shared {
         self.closed.store(true, Ordering::Release);
         for t in topics.values() {
             lock(&t.tx).take();
+        }
+    }
+}
+
+/// Held by the durability task, which lives as long as the log: dropped without being
+/// forgotten means the task was dropped unfinished, which happens when its runtime shuts down.
+/// Then every caller is told so, instead of waiting for tasks that no longer exist.
+struct RuntimeWatch {
+    shared: std::sync::Weak<Shared>,
+    finished: bool,
+}
+
+impl Drop for RuntimeWatch {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Some(shared) = self.shared.upgrade()
+            && !shared.is_closed()
+        {
+            tracing::warn!(dir = %shared.dir.display(), "the runtime that opened this log has shut down; calls on its handles now fail with RuntimeGone");
+            shared.abandon();
         }
     }
 }

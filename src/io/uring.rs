@@ -264,10 +264,21 @@ impl Drop for Driver {
             .filter(|(_, op)| !matches!(op.state, State::Done(_)))
             .count();
         while pending > 0 {
-            if ring.submit_and_wait(1).is_err() {
-                break;
+            match ring.submit_and_wait(1) {
+                Ok(_) => pending = pending.saturating_sub(ring.completion().count()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The kernel may still read or write these buffers: leak them rather than
+                    // free memory it could touch.
+                    tracing::error!(error = %e, pending, "io_uring: cannot wait for operations in flight; leaking their buffers");
+                    for (_, op) in ops.iter_mut() {
+                        if !matches!(op.state, State::Done(_)) {
+                            std::mem::forget(op.buf.take());
+                        }
+                    }
+                    break;
+                }
             }
-            pending = pending.saturating_sub(ring.completion().count());
         }
     }
 }

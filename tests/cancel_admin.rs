@@ -1,0 +1,112 @@
+//! Cancelling administrative calls leaves nothing stuck: `remove_consumer`, `reset_consumer`,
+//! `reclaim` and `close` dropped at each of their await points, and a `close` that failed.
+
+mod common;
+
+use walrus_async::{Error, ResetTo, Walrus};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_consumer_dropped_at_each_await_point_leaves_the_consumer_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    wal.append_batch("t", ["a", "b"]).await.unwrap();
+    for polls in 1..50 {
+        let mut s = wal.subscribe_as("t", "c").unwrap();
+        futures::StreamExt::next(&mut s).await.unwrap().unwrap();
+        s.ack(0).await.unwrap();
+        drop(s);
+        let done = common::poll_then_drop(wal.remove_consumer("t", "c"), polls).await;
+        // Never stuck busy: a new stream can start, and it starts over or where it was.
+        let mut s = wal
+            .subscribe_as("t", "c")
+            .expect("not busy after a dropped removal");
+        let first = futures::StreamExt::next(&mut s)
+            .await
+            .unwrap()
+            .unwrap()
+            .offset;
+        assert!(first <= 1, "{first}");
+        drop(s);
+        wal.remove_consumer("t", "c").await.unwrap();
+        assert_eq!(wal.consumer_lag("t", "c"), None);
+        if done.is_some() {
+            break;
+        }
+    }
+    wal.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_consumer_dropped_at_each_await_point_leaves_the_consumer_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    wal.append_batch("t", ["a", "b", "c"]).await.unwrap();
+    for polls in 1..50 {
+        let done =
+            common::poll_then_drop(wal.reset_consumer("t", "c", ResetTo::Offset(2)), polls).await;
+        // Once polled the reset is made: the consumer stands at 2, and is not busy.
+        assert_eq!(wal.consumer_lag("t", "c"), Some(1));
+        wal.reset_consumer("t", "c", ResetTo::Earliest)
+            .await
+            .expect("not busy after a dropped reset");
+        if done.is_some() {
+            break;
+        }
+    }
+    wal.close().await.unwrap();
+    let wal = Walrus::open(dir.path()).await.unwrap();
+    assert_eq!(wal.consumer_lag("t", "c"), Some(3));
+    wal.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_dropped_at_each_await_point_is_finished_by_the_next_close() {
+    for polls in 1..200 {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = common::small(dir.path()).open().await.unwrap();
+        let mut s = wal.subscribe_as("t", "c").unwrap();
+        for i in 0..20 {
+            wal.append("t", format!("e{i}")).await.unwrap();
+        }
+        futures::StreamExt::next(&mut s).await.unwrap().unwrap();
+        drop(s);
+        let done = common::poll_then_drop(wal.close(), polls).await;
+        // Whatever the dropped close had done, this one finishes it: the lock is released
+        // and everything is on disk once it returns.
+        wal.close().await.unwrap();
+        assert!(matches!(wal.append("t", "x").await, Err(Error::Closed)));
+        let wal = Walrus::open(dir.path())
+            .await
+            .expect("close released the lock");
+        assert_eq!(common::all_entries(&wal, "t").await.len(), 20);
+        assert_eq!(wal.consumer_lag("t", "c"), Some(20));
+        wal.close().await.unwrap();
+        if done.is_some() {
+            return;
+        }
+    }
+    panic!("close never finished");
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_close_fails_again_when_asked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = walrus_async::FailPoints::new();
+    let wal = Walrus::builder()
+        .data_dir(dir.path())
+        .fsync(walrus_async::FsyncSchedule::NoFsync)
+        .fail_points(f.clone())
+        .open()
+        .await
+        .unwrap();
+    wal.append("t", "x").await.unwrap();
+    f.fail_syncs(1, libc::EIO);
+    let first = wal.close().await;
+    assert!(matches!(first, Err(Error::SyncFailed { .. })), "{first:?}");
+    let second = wal.close().await;
+    assert!(
+        matches!(second, Err(Error::SyncFailed { .. })),
+        "a second close must not report success: {second:?}"
+    );
+}
