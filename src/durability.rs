@@ -217,6 +217,10 @@ async fn sync_one(shared: &Shared, s: &Segment) -> Result<()> {
     if s.synced_gen.load(Ordering::Acquire) >= generation {
         return Ok(());
     }
+    #[cfg(feature = "failpoints")]
+    if let Some(f) = &shared.io.trace.faults {
+        f.before_segment_sync().await;
+    }
     let res = shared.io.sync_data(&s.file).await;
     shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
     match res {

@@ -44,6 +44,10 @@ struct Inner {
     /// The same for syncs.
     syncs_paused: watch::Sender<bool>,
     syncs_blocked: watch::Sender<u32>,
+    /// Segment syncs only (the durability task's), with passes that let single syncs by.
+    segment_syncs_paused: watch::Sender<bool>,
+    segment_syncs_blocked: watch::Sender<u32>,
+    segment_sync_passes: watch::Sender<u32>,
     creates: AtomicU32,
     create_errno: AtomicI32,
     short_writes: AtomicU32,
@@ -70,6 +74,9 @@ impl FailPoints {
                 blocked: watch::Sender::new(0),
                 syncs_paused: watch::Sender::new(false),
                 syncs_blocked: watch::Sender::new(0),
+                segment_syncs_paused: watch::Sender::new(false),
+                segment_syncs_blocked: watch::Sender::new(0),
+                segment_sync_passes: watch::Sender::new(0),
                 creates: AtomicU32::new(0),
                 create_errno: AtomicI32::new(libc::ENOSPC),
                 short_writes: AtomicU32::new(0),
@@ -151,6 +158,56 @@ impl FailPoints {
     pub async fn syncs_blocked(&self, n: u32) {
         let mut rx = self.inner.syncs_blocked.subscribe();
         let _ = rx.wait_for(|b| *b >= n).await;
+    }
+
+    /// Syncs of segment files (the group commit's, not the checkpoint store's) wait until
+    /// [`resume_segment_syncs`](Self::resume_segment_syncs) or a
+    /// [`release_segment_syncs`](Self::release_segment_syncs) pass.
+    pub fn pause_segment_syncs(&self) {
+        self.inner.segment_syncs_paused.send_replace(true);
+    }
+
+    /// Lets `n` waiting (or coming) segment syncs by, one each, while staying paused.
+    pub fn release_segment_syncs(&self, n: u32) {
+        self.inner.segment_sync_passes.send_modify(|p| *p += n);
+    }
+
+    /// Lets paused segment syncs go on.
+    pub fn resume_segment_syncs(&self) {
+        self.inner.segment_syncs_paused.send_replace(false);
+    }
+
+    /// Waits until at least `n` segment syncs are waiting at the pause.
+    pub async fn segment_syncs_blocked(&self, n: u32) {
+        let mut rx = self.inner.segment_syncs_blocked.subscribe();
+        let _ = rx.wait_for(|b| *b >= n).await;
+    }
+
+    pub(crate) async fn before_segment_sync(&self) {
+        let mut paused = self.inner.segment_syncs_paused.subscribe();
+        let mut passes = self.inner.segment_sync_passes.subscribe();
+        if !*paused.borrow_and_update() {
+            return;
+        }
+        self.inner.segment_syncs_blocked.send_modify(|b| *b += 1);
+        loop {
+            let mut took = false;
+            self.inner.segment_sync_passes.send_if_modified(|p| {
+                took = *p > 0;
+                if took {
+                    *p -= 1;
+                }
+                took
+            });
+            if took || !*paused.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                _ = paused.changed() => {}
+                _ = passes.changed() => {}
+            }
+        }
+        self.inner.segment_syncs_blocked.send_modify(|b| *b -= 1);
     }
 
     /// `Ok(Some(errno))`: make this write short, then fail it with `errno`.

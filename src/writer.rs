@@ -71,9 +71,14 @@ struct Writer {
     rel: u64,
     next: u64,
     spare_buf: Vec<u8>,
-    /// Blocks no longer written to, released for retention once no group is in flight (a
-    /// group waiting for its fsync may still be published into them).
-    retired: Vec<Arc<Block>>,
+    /// Groups laid out so far: each group's sequence number.
+    groups: u64,
+    /// The last group that wrote into `block`.
+    block_last: u64,
+    /// Blocks no longer written to, with the last group that may have written into each:
+    /// released for retention once that group and every one before it is finished (a group
+    /// waiting for its fsync may still be published into them).
+    retired: Vec<(Arc<Block>, u64)>,
 }
 
 /// Runs a topic's writer until its queue is closed and drained.
@@ -93,18 +98,21 @@ pub(crate) async fn run(
         rel: 0,
         next,
         spare_buf: Vec::new(),
+        groups: 0,
+        block_last: 0,
         retired: Vec::new(),
     };
     let mut in_flight = FuturesOrdered::new();
+    // Sequence numbers of the groups in `in_flight`, oldest first (it finishes them in order).
+    let mut in_flight_seqs = std::collections::VecDeque::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
         tokio::select! {
             biased;
             Some(written) = in_flight.next(), if !in_flight.is_empty() => {
+                in_flight_seqs.pop_front();
                 w.finish(written);
-                if in_flight.is_empty() {
-                    w.release_retired();
-                }
+                w.release_retired(in_flight_seqs.front().copied());
             }
             n = rx.recv_many(&mut reqs, cap), if open && in_flight.len() < MAX_IN_FLIGHT => {
                 if n == 0 {
@@ -114,18 +122,17 @@ pub(crate) async fn run(
                 let written = w.group(&mut reqs).await;
                 reqs.clear();
                 if sync_each && !written.writes.is_empty() {
+                    in_flight_seqs.push_back(w.groups);
                     in_flight.push_back(durable(w.shared.clone(), written));
                 } else {
                     w.finish(written);
-                    if in_flight.is_empty() {
-                        w.release_retired();
-                    }
                 }
+                w.release_retired(in_flight_seqs.front().copied());
             }
         }
     }
     w.seal();
-    w.release_retired();
+    w.release_retired(None);
 }
 
 /// Waits until every segment a group wrote to is durable up to the group's writes. Each write
@@ -183,6 +190,7 @@ impl Writer {
     /// Lays out and writes one group. Requests that could not be written are answered here;
     /// the rest are answered by [`finish`](Self::finish) once durable enough.
     async fn group(&mut self, reqs: &mut [Request]) -> Written {
+        self.groups += 1;
         let mut writes: Vec<Pending> = Vec::new();
         let mut buf = self.take_buf();
         // The write being laid out: block, position in it, first request, first offset.
@@ -236,7 +244,9 @@ impl Writer {
                 .encode(pos, &mut buf);
                 self.topic.push_block(block.clone());
                 cur = Some((block.clone(), 0, i, self.next));
-                self.retired.extend(self.block.replace(block));
+                let last = self.block_last;
+                self.retired
+                    .extend(self.block.replace(block).map(|b| (b, last)));
                 self.rel = header;
                 tracing::debug!(topic = %self.topic.name, pos, len, "block allocated");
             } else if cur.is_none() {
@@ -266,6 +276,7 @@ impl Writer {
             }
             fb.finish(&mut buf, salt);
             self.rel += used;
+            self.block_last = self.groups;
         }
         if let Some((block, rel, first, off)) = cur.take() {
             writes.push(self.pending(reqs, block, rel, buf, first..i, off));
@@ -410,14 +421,21 @@ impl Writer {
 
     /// Stops writing the current block.
     fn seal(&mut self) {
-        self.retired.extend(self.block.take());
+        let last = self.block_last;
+        self.retired.extend(self.block.take().map(|b| (b, last)));
     }
 
-    /// Lets retention reclaim the segments of blocks no longer written to. Only called when no
-    /// group is in flight, so nothing is still to be published into them.
-    fn release_retired(&mut self) {
-        for b in self.retired.drain(..) {
-            b.segment.active.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// Lets retention reclaim the segments of retired blocks whose last group is finished:
+    /// older than `oldest_in_flight`, the oldest group still waiting (none: all finished).
+    /// Under sustained pipelined load some group is always in flight, so this is per block,
+    /// not "when nothing is in flight".
+    fn release_retired(&mut self, oldest_in_flight: Option<u64>) {
+        self.retired.retain(|(b, last)| {
+            let done = oldest_in_flight.is_none_or(|oldest| *last < oldest);
+            if done {
+                b.segment.active.fetch_sub(1, Ordering::AcqRel);
+            }
+            !done
+        });
     }
 }
