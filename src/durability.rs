@@ -198,11 +198,20 @@ async fn sync_segments(
     shared: &Shared,
     segs: Vec<Arc<Segment>>,
 ) -> Vec<(Arc<Segment>, Result<()>)> {
-    let work = segs.into_iter().map(|s| async move {
+    // Files still open are synced concurrently; sealed ones that must be opened again to be
+    // synced (their last writes were never synced) one at a time, so a `sync()` after much
+    // unsynced data needs one descriptor more, not one per file.
+    let (open, sealed): (Vec<_>, Vec<_>) = segs.into_iter().partition(|s| s.file().is_some());
+    let work = open.into_iter().map(|s| async move {
         let res = sync_one(shared, &s).await;
         (s, res)
     });
-    futures::future::join_all(work).await
+    let mut out = futures::future::join_all(work).await;
+    for s in sealed {
+        let res = sync_one(shared, &s).await;
+        out.push((s, res));
+    }
+    out
 }
 
 async fn sync_one(shared: &Shared, s: &Segment) -> Result<()> {
@@ -221,7 +230,14 @@ async fn sync_one(shared: &Shared, s: &Segment) -> Result<()> {
     if let Some(f) = &shared.io.trace.faults {
         f.before_segment_sync().await;
     }
-    let res = shared.io.sync_data(&s.file).await;
+    let res = match s.file_for_sync() {
+        Ok(file) => shared.io.sync_data(&file).await,
+        // Deleted by retention meanwhile: nothing of it is left to make durable.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && s.deleted.load(Ordering::Acquire) => {
+            return Ok(());
+        }
+        Err(e) => Err(e),
+    };
     shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
     match res {
         Ok(()) => {

@@ -32,7 +32,11 @@ pub(crate) struct Segment {
     pub ms: u64,
     pub path: PathBuf,
     pub len: u64,
-    pub file: Arc<File>,
+    /// Open only while the file can still be written (it is current, or has blocks a writer
+    /// may still write): retained data costs no descriptor, reads go through the map.
+    file: Mutex<Option<Arc<File>>>,
+    /// The segment new blocks come from.
+    pub current: AtomicBool,
     /// The whole file, mapped read-only.
     pub map: Bytes,
     /// A sync of this file failed: it takes no more appends, and `sync()` keeps failing.
@@ -48,6 +52,28 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// The descriptor of a segment that can still be written.
+    pub fn file(&self) -> Option<Arc<File>> {
+        lock(&self.file).clone()
+    }
+
+    /// A descriptor to sync the file with: the one held, else the file opened again (a
+    /// sealed segment whose last writes were not synced yet, under `Milliseconds` or
+    /// `NoFsync`).
+    pub fn file_for_sync(&self) -> io::Result<Arc<File>> {
+        match self.file() {
+            Some(f) => Ok(f),
+            None => File::open(&self.path).map(Arc::new),
+        }
+    }
+
+    /// Lets go of the descriptor once nothing can write to the file any more.
+    pub fn close_if_sealed(&self) {
+        if !self.current.load(Ordering::SeqCst) && self.active.load(Ordering::SeqCst) == 0 {
+            lock(&self.file).take();
+        }
+    }
+
     /// Bytes `range` of the file (zero copy).
     pub fn slice(&self, range: Range<u64>) -> Bytes {
         let end = range.end.min(self.map.len() as u64) as usize;
@@ -228,7 +254,8 @@ pub(crate) fn create_segment(
             ms,
             path: path.clone(),
             len,
-            file: Arc::new(file.try_clone()?),
+            file: Mutex::new(Some(Arc::new(file.try_clone()?))),
+            current: AtomicBool::new(false),
             map,
             poisoned: AtomicBool::new(false),
             write_gen: AtomicU64::new(0),
@@ -371,7 +398,10 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
             ms,
             path: path.clone(),
             len,
-            file: Arc::new(file),
+            // Recovered segments are never written again (each lifetime writes only files
+            // it created): the map is all that is kept.
+            file: Mutex::new(None),
+            current: AtomicBool::new(false),
             map,
             poisoned: AtomicBool::new(false),
             write_gen: AtomicU64::new(0),
@@ -661,8 +691,12 @@ impl Allocator {
         let segment = Arc::new(segment);
         // Counted as written to before retention can see it in the registry.
         segment.active.fetch_add(1, Ordering::AcqRel);
+        segment.current.store(true, Ordering::SeqCst);
         lock(&self.registry).insert(segment.ms, segment.clone());
-        st.current = Some(segment.clone());
+        if let Some(old) = st.current.replace(segment.clone()) {
+            old.current.store(false, Ordering::SeqCst);
+            old.close_if_sealed();
+        }
         st.next_pos = PAGE + len;
         if st.spare.is_none() {
             let (dir, ms, size) = (self.dir.clone(), st.next_ms, self.segment_bytes);

@@ -335,9 +335,18 @@ impl Writer {
             }
             let seg = w.block.segment.clone();
             let buf = std::mem::take(&mut w.buf);
+            // A block being written keeps its segment's descriptor open.
+            let Some(file) = seg.file() else {
+                let e = Error::Io(std::io::Error::other(
+                    "segment file closed while being written",
+                ));
+                self.fail(&mut w, e.duplicate());
+                error = Some(e);
+                continue;
+            };
             let (buf, res) = shared
                 .io
-                .write_all_at(&seg.file, w.block.pos + w.rel, buf)
+                .write_all_at(&file, w.block.pos + w.rel, buf)
                 .await;
             shared
                 .stats
@@ -433,7 +442,8 @@ impl Writer {
         self.retired.retain(|(b, last)| {
             let done = oldest_in_flight.is_none_or(|oldest| *last < oldest);
             if done {
-                b.segment.active.fetch_sub(1, Ordering::AcqRel);
+                b.segment.active.fetch_sub(1, Ordering::SeqCst);
+                b.segment.close_if_sealed();
             }
             !done
         });
