@@ -13,6 +13,15 @@
 //!   `StrictlyAtOnce`);
 //! * offsets handed out after the restart never go below a recovered checkpoint.
 //!
+//! The workloads also give up on futures at random await points (appends, stream reads, acks,
+//! `reclaim`, `reset_consumer`, `close`), rewind consumers (`reset_consumer`), and before an
+//! image is reopened, flip a byte of its checkpoint store or cut its newest segment file at a
+//! random length now and then. What each move excuses is exactly what it changes: an append
+//! given up on may or may not be in the log (never at an acknowledged entry's offset);
+//! acknowledgements before a rewind, or in an image whose checkpoint store was damaged, no
+//! longer bound the checkpoint (it may go back: redelivery), but it never skips an entry that
+//! was not delivered; entries of a cut segment may be gone.
+//!
 //! Half the workloads send every write through the I/O backend (`inline_write_max(0)`), a
 //! quarter run in a namespace (instance key), half ask for every write to skip the page cache
 //! (`uncached_write_min(1)`), and half inject faults (EIO and ENOSPC on writes,
@@ -33,7 +42,7 @@ use std::path::{Path, PathBuf};
 
 use futures::future::join_all;
 use walrus_async::{
-    CrashJournal, Error, FailPoints, FsyncSchedule, ReadConsistency, TopicStream, Walrus,
+    CrashJournal, Error, FailPoints, FsyncSchedule, ReadConsistency, ResetTo, TopicStream, Walrus,
 };
 
 const TOPICS: [&str; 3] = ["t0", "t1", "t2"];
@@ -53,11 +62,37 @@ fn payload(id: u64) -> Vec<u8> {
     v
 }
 
+/// Polls `fut` at most `polls` times, each time after it asked to be woken, then drops it
+/// wherever it stands: what `select!`, `timeout` or a client that disconnects does.
+async fn poll_then_drop<F: std::future::Future>(fut: F, polls: u64) -> Option<F::Output> {
+    struct Wake(std::sync::Arc<tokio::sync::Notify>);
+    impl std::task::Wake for Wake {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.notify_one();
+        }
+    }
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    let waker = std::task::Waker::from(std::sync::Arc::new(Wake(notify.clone())));
+    let mut fut = std::pin::pin!(fut);
+    for i in 0..polls {
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        if i + 1 < polls {
+            notify.notified().await;
+        }
+    }
+    None
+}
+
 #[derive(Clone, Debug)]
 struct Rec {
     topic: usize,
     /// The offset the append returned, if it succeeded.
     offset: Option<u64>,
+    /// The append's future was dropped: it may or may not be in the log.
+    unknown: bool,
     batch: Option<u64>,
     /// Journal position after which it must survive a crash.
     durable_at: Option<usize>,
@@ -71,6 +106,9 @@ struct ConsumerModel {
     delivered: Vec<(usize, u64)>,
     /// (journal position after the ack returned, acknowledged next offset).
     acked: Vec<(usize, u64)>,
+    /// (journal position when a rewind started, when it returned): acknowledgements before a
+    /// rewind no longer bound the checkpoint after it.
+    rewinds: Vec<(usize, usize)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -131,6 +169,10 @@ struct Totals {
     faults: u64,
     failed_appends: u64,
     second_crashes: u64,
+    dropped_futures: u64,
+    rewinds: u64,
+    damaged_stores: u64,
+    truncated_segments: u64,
 }
 
 /// Entry and batch ids, unique across the lifetimes of one workload.
@@ -170,24 +212,33 @@ fn builder(dir: &Path, s: Settings, faults: &FailPoints) -> walrus_async::Walrus
         })
 }
 
-/// Appends `jobs` (entry id, topic) concurrently and records each outcome, with the journal
-/// position at the moment its append returned.
+/// Appends `jobs` (entry id, topic, polls before the future is dropped) concurrently and
+/// records each outcome, with the journal position at the moment its append returned.
 async fn append_group(
     wal: &Walrus,
     ep: &mut Epoch,
-    jobs: &[(u64, usize)],
+    jobs: &[(u64, usize, Option<u64>)],
     sync_each: bool,
     max_ok: &mut [Option<u64>],
     totals: &mut Totals,
 ) {
     let journal = &ep.journal;
-    let results = join_all(jobs.iter().map(|&(id, t)| async move {
-        let r = wal.append(TOPICS[t], payload(id)).await;
+    let results = join_all(jobs.iter().map(|&(id, t, drop_after)| async move {
+        let append = wal.append(TOPICS[t], payload(id));
+        let r = match drop_after {
+            Some(polls) => poll_then_drop(append, polls).await,
+            None => Some(append.await),
+        };
         (r, journal.position())
     }))
     .await;
-    for (&(id, t), (r, at)) in jobs.iter().zip(results) {
-        if r.is_err() {
+    for (&(id, t, _), (r, at)) in jobs.iter().zip(results) {
+        let unknown = r.is_none();
+        if unknown {
+            totals.dropped_futures += 1;
+        }
+        let r = r.unwrap_or(Err(Error::Closed));
+        if r.is_err() && !unknown {
             totals.failed_appends += 1;
         }
         let offset = r.ok();
@@ -199,6 +250,7 @@ async fn append_group(
             Rec {
                 topic: t,
                 offset,
+                unknown,
                 batch: None,
                 durable_at: offset.filter(|_| sync_each).map(|_| at),
                 done_at: at,
@@ -234,10 +286,16 @@ async fn run_epoch(
         match roll {
             0..45 => {
                 let k = 1 + below(rng, 6);
-                let jobs: Vec<(u64, usize)> = (0..k)
+                let jobs: Vec<(u64, usize, Option<u64>)> = (0..k)
                     .map(|_| {
                         ids.entry += 1;
-                        (ids.entry, below(rng, TOPICS.len() as u64) as usize)
+                        // One append in eight is given up on after a few polls.
+                        let drop_after = (below(rng, 8) == 0).then(|| 1 + below(rng, 4));
+                        (
+                            ids.entry,
+                            below(rng, TOPICS.len() as u64) as usize,
+                            drop_after,
+                        )
                     })
                     .collect();
                 append_group(&wal, &mut ep, &jobs, sync_each, &mut max_ok, totals).await;
@@ -271,6 +329,7 @@ async fn run_epoch(
                         Rec {
                             topic: t,
                             offset,
+                            unknown: false,
                             batch: Some(batch_id),
                             durable_at: offset.filter(|_| sync_each).map(|_| at),
                             done_at: at,
@@ -291,7 +350,21 @@ async fn run_epoch(
                 let end = ep.consumers[t].delivered.last().map_or(0, |d| d.1);
                 // Read only what is there, so the call cannot wait.
                 if max_ok[t].is_some_and(|m| m >= end.max(st.checkpoint())) {
-                    let got = match st.next_batch(1 + below(rng, 4000) as usize).await {
+                    let max_bytes = 1 + below(rng, 4000) as usize;
+                    let read = if below(rng, 8) == 0 {
+                        // Given up on: cancel safe, so nothing was delivered.
+                        let polls = 1 + below(rng, 3);
+                        match poll_then_drop(st.next_batch(max_bytes), polls).await {
+                            Some(r) => r,
+                            None => {
+                                totals.dropped_futures += 1;
+                                continue;
+                            }
+                        }
+                    } else {
+                        st.next_batch(max_bytes).await
+                    };
+                    let got = match read {
                         Ok(got) => got,
                         Err(Error::Truncated { .. }) => continue,
                         // An injected fault failed the consumer's registration: start over.
@@ -307,7 +380,18 @@ async fn run_epoch(
                         .delivered
                         .push((journal.position(), delivered_end));
                     let upto = got[below(rng, got.len() as u64) as usize].offset;
-                    if st.ack(upto).await.is_ok() {
+                    if below(rng, 8) == 0 {
+                        // An ack given up on may or may not have moved the checkpoint; it never
+                        // moves it past `upto`, which was delivered.
+                        let polls = 1 + below(rng, 3);
+                        match poll_then_drop(st.ack(upto), polls).await {
+                            Some(Ok(())) => {
+                                ep.consumers[t].acked.push((journal.position(), upto + 1))
+                            }
+                            Some(Err(_)) => {}
+                            None => totals.dropped_futures += 1,
+                        }
+                    } else if st.ack(upto).await.is_ok() {
                         ep.consumers[t].acked.push((journal.position(), upto + 1));
                     }
                 }
@@ -328,8 +412,47 @@ async fn run_epoch(
                 let t = below(rng, TOPICS.len() as u64) as usize;
                 streams[t] = None;
             }
-            84..87 => {
-                let _ = wal.reclaim().await;
+            84..86 => {
+                if below(rng, 2) == 0 {
+                    let _ = wal.reclaim().await;
+                } else if poll_then_drop(wal.reclaim(), 1 + below(rng, 3))
+                    .await
+                    .is_none()
+                {
+                    totals.dropped_futures += 1;
+                }
+            }
+            86..87 => {
+                // Rewind a consumer (its stream dropped first: a live one is busy) to somewhere
+                // it has already been, or to the oldest entry.
+                let t = below(rng, TOPICS.len() as u64) as usize;
+                streams[t] = None;
+                let delivered = ep.consumers[t].delivered.last().map_or(0, |d| d.1);
+                let to = if below(rng, 2) == 0 {
+                    ResetTo::Earliest
+                } else {
+                    ResetTo::Offset(below(rng, delivered + 1))
+                };
+                let start = journal.position();
+                let reset = wal.reset_consumer(TOPICS[t], CONSUMER, to);
+                let done = if below(rng, 4) == 0 {
+                    let r = poll_then_drop(reset, 1 + below(rng, 3)).await;
+                    if r.is_none() {
+                        totals.dropped_futures += 1;
+                    }
+                    r
+                } else {
+                    Some(reset.await)
+                };
+                totals.rewinds += 1;
+                // A rewind given up on still happens (it is a task of the log once polled),
+                // and so may a failed one (written again by the next stream): either way,
+                // earlier acknowledgements stop binding the checkpoint from its start on.
+                let end = match done {
+                    Some(Ok(_)) => journal.position(),
+                    _ => usize::MAX,
+                };
+                ep.consumers[t].rewinds.push((start, end));
             }
             87..92 if s.faults => {
                 totals.faults += 1;
@@ -343,7 +466,7 @@ async fn run_epoch(
             }
             _ => {
                 ids.entry += 1;
-                let job = [(ids.entry, below(rng, TOPICS.len() as u64) as usize)];
+                let job = [(ids.entry, below(rng, TOPICS.len() as u64) as usize, None)];
                 append_group(&wal, &mut ep, &job, sync_each, &mut max_ok, totals).await;
             }
         }
@@ -356,6 +479,14 @@ async fn run_epoch(
     drop(streams);
     if below(rng, 2) == 0 {
         let start = journal.position();
+        // A close given up on goes on as a task of the log; a second close waits for it.
+        if below(rng, 4) == 0
+            && poll_then_drop(wal.close(), 1 + below(rng, 4))
+                .await
+                .is_none()
+        {
+            totals.dropped_futures += 1;
+        }
         if wal.close().await.is_ok() {
             let at = journal.position();
             for r in ep.entries.values_mut() {
@@ -393,14 +524,26 @@ struct Survivors {
 }
 
 /// Reopens the crash image in `dir` and checks every promise for crash point `at`.
+/// What was done to a crash image by hand before it was reopened, and what that excuses.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tampered {
+    /// A byte of the checkpoint store flipped: checkpoints may go back (redelivery), never
+    /// forward past an undelivered entry.
+    store: bool,
+    /// The newest segment file cut at a random length: entries in the cut part are gone.
+    segment: bool,
+}
+
 async fn check_image(
     dir: &Path,
     s: Settings,
     ep: &Epoch,
     at: usize,
     probe: bool,
+    tampered: Tampered,
     totals: &mut Totals,
 ) -> Result<Survivors, String> {
+    let probe = probe && !tampered.store;
     let wal = Walrus::builder()
         .data_dir(dir)
         .segment_bytes(walrus_async::MIN_SEGMENT_BYTES)
@@ -453,7 +596,7 @@ async fn check_image(
                 Some(_) => {}
                 // A failed append's entry may exist after a crash only if its bytes were written
                 // (its fsync failed, so the outcome was unknown) — at an offset nobody else has.
-                None if !s.faults => {
+                None if !s.faults && !rec.unknown => {
                     return Err(format!("{topic}@{offset}: entry {id} of a failed append"));
                 }
                 None => {
@@ -488,16 +631,39 @@ async fn check_image(
             .filter(|d| d.0 <= at)
             .map(|d| d.1)
             .max();
-        let acked = c_model
+        let acked_ever = c_model
             .acked
             .iter()
             .filter(|a| a.0 <= at)
             .map(|a| a.1)
             .max();
+        // Acknowledgements bind the checkpoint only since the last rewind, once it returned;
+        // a rewind under way (or given up on) may or may not have landed.
+        let since = match c_model
+            .rewinds
+            .iter()
+            .filter(|r| r.0 <= at)
+            .map(|r| r.1)
+            .max()
+        {
+            Some(end) if end > at => None,
+            Some(end) => Some(end),
+            None => Some(0),
+        };
+        let acked = since.and_then(|since| {
+            c_model
+                .acked
+                .iter()
+                .filter(|a| a.0 <= at && (since == 0 || a.0 > since))
+                .map(|a| a.1)
+                .max()
+        });
+        let acked = acked.filter(|_| !tampered.store);
         // Below this, retention may have deleted entries: the recovered checkpoint, but never
         // above what was delivered (a checkpoint retention acted on was persisted after the
         // delivery it covers), so a wrong, high checkpoint cannot hide a loss.
         let mut floor = 0;
+        let mut deleted_below = 0;
         if let Some(delivered) = delivered {
             let st = wal
                 .subscribe_as(topic, CONSUMER)
@@ -521,11 +687,15 @@ async fn check_image(
                 ));
             }
             floor = c.min(delivered);
+            // Retention may have deleted below any checkpoint persisted so far, also one a
+            // rewind or damage took back.
+            deleted_below = c.max(acked_ever.unwrap_or(0)).min(delivered);
         }
         for (id, rec) in &ep.entries {
             if rec.topic == t
+                && !tampered.segment
                 && rec.durable_at.is_some_and(|d| d <= at)
-                && rec.offset.is_some_and(|o| o >= floor)
+                && rec.offset.is_some_and(|o| o >= deleted_below)
             {
                 if !survivors.entries.contains_key(id) {
                     return Err(format!(
@@ -557,6 +727,44 @@ async fn check_image(
     }
     wal.close().await.map_err(|e| format!("close: {e}"))?;
     Ok(survivors)
+}
+
+/// Now and then does to a crash image what an operator or a failing disk might: flips a byte
+/// of the checkpoint store, or cuts the newest segment file at a random length.
+fn tamper(image: &Path, s: Settings, rng: &mut fastrand::Rng, totals: &mut Totals) -> Tampered {
+    let ns = if s.key {
+        image.join("ns-tenant%2F1")
+    } else {
+        image.to_path_buf()
+    };
+    let mut out = Tampered::default();
+    if below(rng, 16) == 0 {
+        let store = ns.join("checkpoints");
+        if let Ok(mut b) = std::fs::read(&store)
+            && !b.is_empty()
+        {
+            let i = below(rng, b.len() as u64) as usize;
+            b[i] ^= 1 << below(rng, 8);
+            std::fs::write(&store, &b).unwrap();
+            out.store = true;
+            totals.damaged_stores += 1;
+        }
+    }
+    if below(rng, 16) == 0 {
+        let newest = std::fs::read_dir(&ns).ok().and_then(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .max()
+        });
+        if let Some(seg) = newest {
+            let len = std::fs::metadata(&seg).unwrap().len();
+            let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+            f.set_len(below(rng, len + 1)).unwrap();
+            out.segment = true;
+            totals.truncated_segments += 1;
+        }
+    }
+    out
 }
 
 fn scratch_root() -> PathBuf {
@@ -618,7 +826,12 @@ async fn run_seed(seed: u64, points: usize, totals: &mut Totals) {
         totals.torn += u64::from(report.torn);
         totals.dir_ops_dropped += (report.unsynced_dir_ops - report.kept_dir_ops) as u64;
         let probe = i % 8 == 0 && i != chained;
-        match check_image(&image, s, &ep, at, probe, totals).await {
+        let tampered = if i == chained {
+            Tampered::default()
+        } else {
+            tamper(&image, s, &mut rng, totals)
+        };
+        match check_image(&image, s, &ep, at, probe, tampered, totals).await {
             Ok(survivors) if i == chained => {
                 // Run again on the recovered files, then crash that lifetime too.
                 let mut ep2 = run_epoch(&image, s, &mut rng, &mut ids, 30, totals).await;
@@ -637,7 +850,10 @@ async fn run_seed(seed: u64, points: usize, totals: &mut Totals) {
                     let image2 = root.path().join(format!("crash-{i}-again-{j}"));
                     ep2.journal.crash_image(at2, rng.u64(..), &image2).unwrap();
                     totals.second_crashes += 1;
-                    if let Err(why) = check_image(&image2, s, &ep2, at2, false, totals).await {
+                    let tampered = Tampered::default();
+                    if let Err(why) =
+                        check_image(&image2, s, &ep2, at2, false, tampered, totals).await
+                    {
                         let kept = image2.clone();
                         std::mem::forget(root);
                         panic!(
@@ -704,5 +920,13 @@ fn crash_points_keep_every_promise() {
     assert!(
         totals.kept_writes > 0 && totals.torn > 0,
         "the model never dropped or tore anything"
+    );
+    assert!(
+        totals.dropped_futures > 0 && totals.rewinds > 0,
+        "no future was dropped and no consumer rewound"
+    );
+    assert!(
+        totals.damaged_stores > 0 && totals.truncated_segments > 0,
+        "no image was tampered with"
     );
 }
