@@ -307,7 +307,12 @@ impl WalrusBuilder {
         self
     }
 
-    /// Opens (creating or recovering) the log.
+    /// Opens (creating or recovering) the log. Its tasks run on the calling Tokio runtime;
+    /// if that runtime shuts down before the log is closed, every call on its handles fails
+    /// with [`Error::RuntimeGone`].
+    ///
+    /// # Cancellation
+    /// As [`Walrus::open`].
     pub async fn open(self) -> Result<Walrus> {
         let config = self.resolve()?;
         Walrus::open_with(config).await

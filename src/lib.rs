@@ -40,9 +40,18 @@
 //! ```
 //!
 //! ## Runtime requirements
-//! The log runs its tasks on the Tokio runtime that calls [`WalrusBuilder::open`]; that runtime
-//! needs the I/O and time drivers (`#[tokio::main]` and `#[tokio::test]` enable both). It works
-//! on multi-thread and current-thread runtimes.
+//! The log runs all its tasks on the Tokio runtime that calls [`WalrusBuilder::open`], whichever
+//! runtime later calls come from; that runtime needs the I/O and time drivers (`#[tokio::main]`
+//! and `#[tokio::test]` enable both). It works on multi-thread and current-thread runtimes. If
+//! that runtime shuts down before [`Walrus::close`], calls that need the log's tasks fail at
+//! once with [`Error::RuntimeGone`] (reads of what is there still work) and the directory lock
+//! is let go.
+//!
+//! ## Cancellation
+//! Every async method can be dropped at any `.await`: each documents what that leaves, and
+//! none leaves the log stuck or promises more than it did. Administrative calls (`close`,
+//! `reclaim`, `remove_consumer`, `reset_consumer`) finish their work as tasks of the log once
+//! polled.
 //!
 //! See `docs/ARCHITECTURE.md` and `docs/FORMAT.md` in the repository for the design and the
 //! on-disk format.

@@ -231,6 +231,11 @@ fn dir_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
 impl Walrus {
     /// Opens the log in `dir` with default settings (see [`WalrusBuilder`]).
     ///
+    /// # Cancellation
+    /// Dropping the future lets go of the directory lock; recovery changes nothing a later
+    /// open needs (it only cuts torn tails, deletes spare files that never held data, and
+    /// syncs what it found).
+    ///
     /// ```no_run
     /// # async fn demo() -> walrus_async::Result<()> {
     /// let wal = walrus_async::Walrus::open("./wal_files").await?;
@@ -520,7 +525,9 @@ impl Walrus {
     /// With `false` it is a peek: the same entry comes again. Unknown topics read as `None`.
     ///
     /// # Cancellation
-    /// Cancel safe: if the future is dropped, the cursor did not move.
+    /// Cancel safe: if the future is dropped, the cursor did not move, and a checkpoint it was
+    /// writing is put back (in the order of the checkpoint writes, before any later read of
+    /// this consumer writes one), so the entry comes again, also after a restart.
     pub async fn read_next(&self, topic: &str, checkpoint: bool) -> Result<Option<Entry>> {
         Ok(self
             .poll_read(topic, usize::MAX, 1, checkpoint)
@@ -533,7 +540,7 @@ impl Walrus {
     /// [`read_next`](Self::read_next).
     ///
     /// # Cancellation
-    /// Cancel safe: if the future is dropped, the cursor did not move.
+    /// Cancel safe, as [`read_next`](Self::read_next): the entries come again.
     pub async fn batch_read(
         &self,
         topic: &str,
@@ -624,6 +631,9 @@ impl Walrus {
     /// `max_bytes` rule as [`batch_read`](Self::batch_read). At or past the end, or on an
     /// unknown topic: empty. Below the oldest retained offset, or inside a range retention
     /// deleted: [`Error::Truncated`] (its `oldest` is where retained entries go on).
+    ///
+    /// # Cancellation
+    /// Cancel safe: it only reads.
     pub async fn read_at(&self, topic: &str, offset: u64, max_bytes: usize) -> Result<Vec<Entry>> {
         self.check_open()?;
         validate_topic(topic)?;
@@ -767,8 +777,14 @@ impl Walrus {
     }
 
     /// Forgets the named `consumer` of `topic`, durably: it no longer pins data, and a later
-    /// `subscribe_as` starts it afresh at the oldest retained entry. Fails with
+    /// `subscribe_as` starts it afresh at the oldest retained entry (a new registration: no
+    /// late checkpoint of an earlier stream of it can land on the new one). Fails with
     /// [`Error::ConsumerBusy`] while a stream of it is live. Unknown consumers: `Ok`.
+    ///
+    /// # Cancellation
+    /// Once polled, the removal is made whatever happens to the future (its record is written
+    /// by the log's checkpoint task); dropping it only stops the wait for it to be durable.
+    /// The consumer is never left busy.
     pub async fn remove_consumer(&self, topic: &str, consumer: &str) -> Result<()> {
         self.check_open()?;
         validate_topic(topic)?;
@@ -882,7 +898,12 @@ impl Walrus {
 
     /// Runs a retention pass now instead of waiting for the background task (which runs one
     /// within about a second of a checkpoint moving). Returns the number of segment files
-    /// deleted.
+    /// deleted. A file that cannot be deleted (its unlink failed, say) does not stop the pass:
+    /// the others go, the first error is returned, and later passes try again. A file already
+    /// gone (deleted by hand) counts as deleted.
+    ///
+    /// # Cancellation
+    /// The pass runs as a task of the log: dropping the future does not stop it half way.
     pub async fn reclaim(&self) -> Result<u64> {
         self.check_open()?;
         // A task of the log's own, so a caller that stops waiting (a dropped future) never
@@ -961,6 +982,9 @@ impl Walrus {
     ///
     /// Fails with [`Error::SyncFailed`] if any sync of a file still in the log has ever failed:
     /// data acknowledged before that failure may be lost, and a later success would be a lie.
+    ///
+    /// # Cancellation
+    /// Cancel safe: the sync may still run; nothing is lost either way.
     pub async fn sync(&self) -> Result<()> {
         self.check_open()?;
         self.shared()

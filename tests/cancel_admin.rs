@@ -110,3 +110,82 @@ async fn a_failed_close_fails_again_when_asked_again() {
         "a second close must not report success: {second:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_dropped_at_each_await_point_leaves_the_directory_openable() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    wal.append_batch("t", ["a", "b"]).await.unwrap();
+    wal.close().await.unwrap();
+    for polls in 1..200 {
+        let done = common::poll_then_drop(common::small(dir.path()).open(), polls).await;
+        if let Some(wal) = done {
+            let wal = wal.unwrap();
+            assert_eq!(common::all_entries(&wal, "t").await.len(), 2);
+            wal.close().await.unwrap();
+            return;
+        }
+        // The half-opened log let go of the lock and changed nothing that matters.
+        let wal = common::open_when_unlocked(|| common::small(dir.path())).await;
+        assert_eq!(common::all_entries(&wal, "t").await.len(), 2);
+        wal.close().await.unwrap();
+    }
+    panic!("open never finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_append_and_ack_dropped_at_each_await_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path())
+        .fsync(walrus_async::FsyncSchedule::NoFsync)
+        .open()
+        .await
+        .unwrap();
+    // A consumer that never reads keeps everything for the checks at the end.
+    drop(wal.subscribe_as("t", "keep").unwrap());
+    let mut given_up = Vec::new();
+    let mut acked = 0u64;
+    let mut s = wal.subscribe_as("t", "c").unwrap();
+    for polls in 1..12 {
+        let payload = format!("dropped-{polls}");
+        if common::poll_then_drop(wal.append("t", payload.clone()), polls)
+            .await
+            .is_none()
+        {
+            given_up.push(payload);
+        }
+        let at = wal.append("t", format!("kept-{polls}")).await.unwrap();
+        let _ = common::poll_then_drop(wal.sync(), polls).await;
+        wal.sync().await.unwrap();
+        // Deliver up to `at`, then give up on an ack of it.
+        while futures::StreamExt::next(&mut s)
+            .await
+            .unwrap()
+            .unwrap()
+            .offset
+            < at
+        {}
+        match common::poll_then_drop(s.ack(at), polls).await {
+            Some(r) => r.unwrap(),
+            None => {
+                // Never past `at`, and acknowledging it again works.
+                assert!(s.checkpoint() <= at + 1);
+                s.ack(at).await.unwrap();
+            }
+        }
+        acked = at + 1;
+    }
+    drop(s);
+    wal.close().await.unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    let all = common::all_entries(&wal, "t").await;
+    for (i, (o, _)) in all.iter().enumerate() {
+        assert_eq!(*o, i as u64, "offsets stay dense");
+    }
+    for p in &given_up {
+        let n = all.iter().filter(|(_, d)| d == p.as_bytes()).count();
+        assert!(n <= 1, "{p} written {n} times");
+    }
+    assert_eq!(wal.consumer_lag("t", "c"), Some(all.len() as u64 - acked));
+    wal.close().await.unwrap();
+}
