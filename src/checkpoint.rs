@@ -42,6 +42,8 @@ use crate::io::{Io, Trace};
 use crate::storage::lock;
 
 const FILE: &str = "checkpoints";
+/// Names of kept damaged stores (`checkpoints.damaged-<n>`) and of the marker of a lost one.
+pub(crate) const DAMAGED_PREFIX: &str = "checkpoints.damaged-";
 /// Format v2 records (no epoch): set (`value = max(value, offset)`) and remove. Still read.
 const OP_SET_V2: u8 = 1;
 const OP_REMOVE_V2: u8 = 2;
@@ -107,39 +109,46 @@ struct Queued {
     reply: Option<oneshot::Sender<Result<()>>>,
 }
 
-/// Applies one record to a map of registrations: the one rule for decoding and for the
-/// writer's durable view.
-fn apply(map: &mut HashMap<Key, Reg>, rec: &Record) {
+/// What one record makes of a consumer's registration `cur`: the one rule for decoding and
+/// for the writer's durable view.
+fn applied(cur: Option<Reg>, rec: &Record) -> Option<Reg> {
     match rec {
-        Record::Set { key, epoch, offset } => match map.get_mut(key) {
-            Some(r) if r.epoch == *epoch => r.offset = *offset,
-            Some(_) => {}
+        Record::Set { key, epoch, offset } => match cur {
+            // This registration's checkpoint; or a set of a later one whose register record
+            // was lost to damage (only a registration of an epoch writes sets of it).
+            Some(r) if r.epoch <= *epoch => Some(Reg {
+                epoch: *epoch,
+                offset: *offset,
+            }),
+            // A late write of an earlier registration.
+            Some(r) => Some(r),
             // The default consumer and floors come into being with their first set; a named
-            // consumer only through its registration.
-            None if !is_named(&key.1) => {
-                map.insert(
-                    key.clone(),
-                    Reg {
-                        epoch: *epoch,
-                        offset: *offset,
-                    },
-                );
-            }
-            None => {}
+            // consumer only through its registration (a set without one was removed since).
+            None if !is_named(&key.1) => Some(Reg {
+                epoch: *epoch,
+                offset: *offset,
+            }),
+            None => None,
         },
-        Record::Register { key, epoch, offset } => {
-            map.insert(
-                key.clone(),
-                Reg {
-                    epoch: *epoch,
-                    offset: *offset,
-                },
-            );
+        Record::Register { epoch, offset, .. } => Some(Reg {
+            epoch: *epoch,
+            offset: *offset,
+        }),
+        // Removes the registration of this epoch and any earlier one (epochs only grow).
+        Record::Remove { epoch, .. } => cur.filter(|r| r.epoch > *epoch),
+    }
+}
+
+fn apply(map: &mut HashMap<Key, Reg>, rec: &Record) {
+    let key = match rec {
+        Record::Set { key, .. } | Record::Register { key, .. } | Record::Remove { key, .. } => key,
+    };
+    match applied(map.get(key).copied(), rec) {
+        Some(r) => {
+            map.insert(key.clone(), r);
         }
-        Record::Remove { key, epoch } => {
-            if map.get(key).is_some_and(|r| r.epoch == *epoch) {
-                map.remove(key);
-            }
+        None => {
+            map.remove(key);
         }
     }
 }
@@ -334,6 +343,8 @@ pub(crate) struct CheckpointStore {
     closed: AtomicBool,
     /// Set when the log's runtime is gone.
     gone: AtomicBool,
+    /// Notified after every group made durable (retention may have more to delete).
+    pub durable_changed: tokio::sync::Notify,
     file: Mutex<Option<(Arc<File>, u64)>>,
     trace: Trace,
 }
@@ -374,10 +385,11 @@ impl CheckpointStore {
                 }
                 if let Some(&at) = d.damage.first() {
                     report.damaged = true;
+                    // A second name for the damaged file: the rewrite below replaces
+                    // `checkpoints` atomically, and the old bytes stay under this one.
                     let aside =
-                        dir.join(format!("{FILE}.damaged-{}", crate::storage::random_u64()));
-                    std::fs::rename(&path, &aside)?;
-                    trace.renamed(&path, &aside);
+                        dir.join(format!("{DAMAGED_PREFIX}{}", crate::storage::random_u64()));
+                    std::fs::hard_link(&path, &aside)?;
                     crate::io::sync_dir(&trace, dir)?;
                     tracing::warn!(
                         path = %path.display(),
@@ -398,9 +410,28 @@ impl CheckpointStore {
                 if has_segments {
                     report.damaged = true;
                     tracing::warn!(path = %path.display(), "checkpoint store missing: consumers restart from the oldest retained entry, and this lifetime deletes no data on consumers' account so every consumer can subscribe again first");
+                    // Marks the loss for later lifetimes too (see below).
+                    let marker = dir.join(format!("{DAMAGED_PREFIX}missing"));
+                    std::fs::write(&marker, b"")?;
+                    crate::io::sync_dir(&trace, dir)?;
                 }
             }
             Err(e) => return Err(e),
+        }
+        // A kept damaged store (or the marker of a lost one) keeps consumers' data until an
+        // operator removes it, once every consumer has subscribed again: a restart in between
+        // must not let retention delete what a consumer the damage lost has not read.
+        if !report.damaged
+            && let Some(kept) = std::fs::read_dir(dir)?.find_map(|e| {
+                let e = e.ok()?;
+                e.file_name()
+                    .to_str()?
+                    .starts_with(DAMAGED_PREFIX)
+                    .then(|| e.path())
+            })
+        {
+            report.damaged = true;
+            tracing::warn!(kept = %kept.display(), "an earlier lifetime found the checkpoint store damaged or missing: no data is deleted on consumers' account until this file is removed (do so once every consumer has subscribed again)");
         }
         let (file, len) = rewrite(dir, &values, &trace)?;
         let members = values
@@ -417,12 +448,13 @@ impl CheckpointStore {
                 registry: Mutex::new(Registry {
                     durable: values,
                     members,
-                    next_epoch: max_epoch + 1,
+                    next_epoch: max_epoch.saturating_add(1),
                 }),
                 tx: Mutex::new(Some(tx)),
                 rx: Mutex::new(Some(rx)),
                 closed: AtomicBool::new(false),
                 gone: AtomicBool::new(false),
+                durable_changed: tokio::sync::Notify::new(),
                 file: Mutex::new(Some((Arc::new(file), len))),
             },
             report,
@@ -517,12 +549,16 @@ impl CheckpointStore {
     /// Written only if it moves the durable value forward when its turn comes; a record of an
     /// epoch that is no longer current is dropped (a late write of an earlier registration).
     /// A registration whose own record did not land is written again with it.
+    ///
+    /// `start` is where the consumer stood before (for a default consumer's first checkpoint:
+    /// what it pins until this one is durable).
     pub(crate) fn persist(
         &self,
         topic: &str,
         consumer: &str,
         epoch: u64,
         offset: u64,
+        start: u64,
     ) -> Result<Ticket> {
         let key = (topic.to_owned(), consumer.to_owned());
         {
@@ -533,7 +569,13 @@ impl CheckpointStore {
                 None if is_named(consumer) => return Ok(Ticket::done()),
                 // The default consumer becomes a member with its first checkpoint.
                 None if consumer.is_empty() => {
-                    reg.members.insert(key.clone(), Reg { epoch, offset });
+                    reg.members.insert(
+                        key.clone(),
+                        Reg {
+                            epoch,
+                            offset: start.min(offset),
+                        },
+                    );
                 }
                 None => {}
             }
@@ -576,7 +618,7 @@ impl CheckpointStore {
             }),
             true,
         )?;
-        reg.next_epoch += 1;
+        reg.next_epoch = reg.next_epoch.saturating_add(1);
         reg.members.insert(key, Reg { epoch, offset });
         Ok((epoch, ticket))
     }
@@ -603,13 +645,20 @@ impl CheckpointStore {
     pub(crate) fn remove(&self, topic: &str, consumer: &str) -> Result<Ticket> {
         let key = (topic.to_owned(), consumer.to_owned());
         let mut reg = lock(&self.registry);
-        let Some(m) = reg.members.get(&key).copied() else {
+        // The current registration, or a durable one whose removal failed to be written: the
+        // remove record covers every epoch up to its own.
+        let epoch = reg
+            .members
+            .get(&key)
+            .map(|m| m.epoch)
+            .max(reg.durable.get(&key).map(|d| d.epoch));
+        let Some(epoch) = epoch else {
             return Ok(Ticket::done());
         };
         let ticket = self.send(
             Job::Write(Record::Remove {
                 key: key.clone(),
-                epoch: m.epoch,
+                epoch,
             }),
             true,
         )?;
@@ -634,63 +683,83 @@ impl CheckpointStore {
         lock(&self.tx).take();
     }
 
-    /// Writes one group of jobs: one write and one sync (or a whole rewrite after a failure).
-    async fn write_group(&self, io: &Io, jobs: &[Queued]) -> Result<()> {
-        let durable = lock(&self.registry).durable.clone();
-        let mut next = durable.clone();
-        let mut buf = Vec::new();
-        for q in jobs.iter() {
-            let rec = match &q.job {
-                Job::Write(rec @ Record::Set { key, epoch, offset }) => match next.get(key) {
-                    Some(r) if r.epoch == *epoch && r.offset >= *offset => continue,
-                    Some(r) if r.epoch == *epoch => rec.clone(),
-                    Some(_) => continue, // an earlier registration's late write
-                    None if is_named(&key.1) => {
-                        // Its registration never landed: write it now, if still current.
+    /// The durable value of `key`, with this group's changes so far on top.
+    fn current(&self, changes: &HashMap<Key, Option<Reg>>, key: &Key) -> Option<Reg> {
+        match changes.get(key) {
+            Some(v) => *v,
+            None => lock(&self.registry).durable.get(key).copied(),
+        }
+    }
+
+    /// The record `job` still calls for, decided against what is durable plus this group.
+    fn record_for(&self, changes: &HashMap<Key, Option<Reg>>, job: &Job) -> Option<Record> {
+        match job {
+            Job::Write(rec @ Record::Set { key, epoch, offset }) => {
+                match self.current(changes, key) {
+                    Some(r) if r.epoch == *epoch => (r.offset < *offset).then(|| rec.clone()),
+                    // The default consumer's first checkpoint, or a floor.
+                    None if !is_named(&key.1) => Some(rec.clone()),
+                    _ => {
+                        // Not this registration on disk: if it is still the current one, its
+                        // own record never landed (a failed write), so it is written now, at
+                        // this position; else it is an earlier registration's late write.
                         let current = lock(&self.registry).members.get(key).copied();
-                        match current {
-                            Some(m) if m.epoch == *epoch => Record::Register {
+                        current
+                            .filter(|m| m.epoch == *epoch)
+                            .map(|_| Record::Register {
                                 key: key.clone(),
                                 epoch: *epoch,
                                 offset: *offset,
-                            },
-                            _ => continue,
-                        }
-                    }
-                    None => rec.clone(),
-                },
-                Job::Write(Record::Remove { key, epoch }) => {
-                    if next.get(key).is_none_or(|r| r.epoch != *epoch) {
-                        continue;
-                    }
-                    Record::Remove {
-                        key: key.clone(),
-                        epoch: *epoch,
+                            })
                     }
                 }
-                Job::Write(rec @ Record::Register { .. }) => rec.clone(),
-                Job::Restore {
-                    key,
-                    epoch,
-                    from,
-                    to,
-                } => {
-                    if next.get(key)
-                        != Some(&Reg {
-                            epoch: *epoch,
-                            offset: *from,
-                        })
-                    {
-                        continue;
-                    }
-                    Record::Set {
-                        key: key.clone(),
-                        epoch: *epoch,
-                        offset: *to,
-                    }
-                }
+            }
+            Job::Write(rec @ Record::Remove { key, epoch }) => self
+                .current(changes, key)
+                .is_some_and(|r| r.epoch <= *epoch)
+                .then(|| rec.clone()),
+            // Written once: a registration already on disk is not written again (a retry
+            // after a failure must not bring back an offset taken back since).
+            Job::Write(rec @ Record::Register { key, epoch, .. }) => self
+                .current(changes, key)
+                .is_none_or(|r| r.epoch != *epoch)
+                .then(|| rec.clone()),
+            Job::Restore {
+                key,
+                epoch,
+                from,
+                to,
+            } => {
+                let written = Some(Reg {
+                    epoch: *epoch,
+                    offset: *from,
+                });
+                (self.current(changes, key) == written).then(|| Record::Set {
+                    key: key.clone(),
+                    epoch: *epoch,
+                    offset: *to,
+                })
+            }
+        }
+    }
+
+    /// Writes one group of jobs: one write and one sync (or a whole rewrite after a failure).
+    async fn write_group(&self, io: &Io, jobs: &[Queued]) -> Result<()> {
+        // Only the keys this group touches, on top of the durable view: the cost of a group
+        // does not grow with the number of consumers.
+        let mut changes: HashMap<Key, Option<Reg>> = HashMap::new();
+        let mut buf = Vec::new();
+        for q in jobs {
+            let Some(rec) = self.record_for(&changes, &q.job) else {
+                continue;
             };
-            apply(&mut next, &rec);
+            let key = match &rec {
+                Record::Set { key, .. }
+                | Record::Register { key, .. }
+                | Record::Remove { key, .. } => key.clone(),
+            };
+            let next = applied(self.current(&changes, &key), &rec);
+            changes.insert(key, next);
             encode(&mut buf, &rec);
         }
         if buf.is_empty() {
@@ -706,53 +775,94 @@ impl CheckpointStore {
                     Err(e) => Err(e),
                 }
             }
-            // An earlier write failed: its bytes may or may not be there, so the file is
-            // written anew, with this group's records applied.
+            // An earlier write failed and the file could not be put back yet: written anew,
+            // with this group's records applied.
             None => {
-                let (dir, trace, v) = (self.dir.clone(), self.trace.clone(), next.clone());
-                crate::io::blocking(move || rewrite(&dir, &v, &trace))
+                let mut all = lock(&self.registry).durable.clone();
+                apply_changes(&mut all, &changes);
+                let (dir, trace) = (self.dir.clone(), self.trace.clone());
+                crate::io::blocking(move || rewrite(&dir, &all, &trace))
                     .await
                     .map(|(f, len)| (Arc::new(f), len))
             }
         };
         match res {
             Ok((f, end)) => {
-                let compact = end > COMPACT_AT && end > 4 * (next.len() as u64 * 64);
+                let keys = {
+                    let mut reg = lock(&self.registry);
+                    apply_changes(&mut reg.durable, &changes);
+                    reg.durable.len() as u64
+                };
                 *lock(&self.file) = Some((f, end));
-                lock(&self.registry).durable = next.clone();
-                if compact {
-                    let (dir, trace) = (self.dir.clone(), self.trace.clone());
-                    // A failure here leaves the (complete) old file: the next group retries.
-                    match crate::io::blocking(move || rewrite(&dir, &next, &trace)).await {
-                        Ok((f, len)) => {
-                            *lock(&self.file) = Some((Arc::new(f), len));
-                            tracing::debug!(path = %self.path.display(), "checkpoint store compacted");
-                        }
-                        Err(e) => {
-                            tracing::warn!(path = %self.path.display(), error = %e, "compacting the checkpoint store failed");
-                        }
+                self.durable_changed.notify_one();
+                if end > COMPACT_AT && end > 4 * (keys * 64) {
+                    // A failure here leaves the (complete) old file: a later group retries.
+                    if let Err(e) = self.rewrite_durable().await {
+                        tracing::warn!(path = %self.path.display(), error = %e, "compacting the checkpoint store failed");
                     }
                 }
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "checkpoint write failed; the next one rewrites the store");
+                // The records may be in the file (a write that landed, a failed sync): put the
+                // file back to what is durable before anyone is told they were not written, so
+                // no failed record is read back at the next open.
+                tracing::warn!(path = %self.path.display(), error = %e, "checkpoint write failed; rewriting the store");
                 lock(&self.file).take();
+                if let Err(e) = self.rewrite_durable().await {
+                    tracing::warn!(path = %self.path.display(), error = %e, "rewriting the checkpoint store failed; the next write retries");
+                }
                 Err(Error::Io(e))
+            }
+        }
+    }
+
+    /// Writes the file anew from the durable view (temp file, fsync, rename).
+    async fn rewrite_durable(&self) -> io::Result<()> {
+        let all = lock(&self.registry).durable.clone();
+        let (dir, trace) = (self.dir.clone(), self.trace.clone());
+        let (f, len) = crate::io::blocking(move || rewrite(&dir, &all, &trace)).await?;
+        *lock(&self.file) = Some((Arc::new(f), len));
+        tracing::debug!(path = %self.path.display(), "checkpoint store rewritten");
+        Ok(())
+    }
+}
+
+fn apply_changes(map: &mut HashMap<Key, Reg>, changes: &HashMap<Key, Option<Reg>>) {
+    for (k, v) in changes {
+        match v {
+            Some(r) => {
+                map.insert(k.clone(), *r);
+            }
+            None => {
+                map.remove(k);
             }
         }
     }
 }
 
-/// The writer task: runs until the store is closed and its queue drained.
-pub(crate) async fn run(store: Arc<CheckpointStore>, io: Io) {
+/// The writer task: runs until the store is closed and its queue drained. `_lock` is the log's
+/// directory lock: held until this task has written its last record, so no later open of the
+/// directory can see the store change under it.
+pub(crate) async fn run(store: Arc<CheckpointStore>, io: Io, _lock: Option<Arc<File>>) {
     let Some(mut rx) = store.take_queue() else {
         return;
     };
     let mut jobs = Vec::new();
-    while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+    // Undos of dropped reads whose group failed: tried again with the next group.
+    let mut carried: Vec<Queued> = Vec::new();
+    loop {
+        let open = rx.recv_many(&mut jobs, MAX_GROUP).await > 0;
+        if !open && carried.is_empty() {
+            break;
+        }
+        jobs.splice(0..0, carried.drain(..));
         let res = store.write_group(&io, &jobs).await;
         for q in jobs.drain(..) {
+            if res.is_err() && matches!(q.job, Job::Restore { .. }) {
+                carried.push(q);
+                continue;
+            }
             if let Some(reply) = q.reply {
                 let _ = reply.send(match &res {
                     Ok(()) => Ok(()),
@@ -760,6 +870,20 @@ pub(crate) async fn run(store: Arc<CheckpointStore>, io: Io) {
                 });
             }
         }
+        if !open {
+            if !carried.is_empty() {
+                tracing::warn!(
+                    count = carried.len(),
+                    "could not take back the checkpoints of dropped reads: their entries may be skipped after a restart"
+                );
+            }
+            break;
+        }
+    }
+    if lock(&store.file).is_none()
+        && let Err(e) = store.rewrite_durable().await
+    {
+        tracing::warn!(error = %e, "the checkpoint store could not be rewritten at close");
     }
 }
 

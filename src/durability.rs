@@ -236,7 +236,15 @@ async fn sync_one(shared: &Shared, s: &Segment) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && s.deleted.load(Ordering::Acquire) => {
             return Ok(());
         }
-        Err(e) => Err(e),
+        // Deleted by hand with unsynced writes in it: they are lost, as after a failed sync.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e),
+        // No descriptor to be had (EMFILE, ENFILE): nothing was lost, try again later.
+        Err(e) => {
+            return Err(Error::SyncFailed {
+                path: s.path.clone(),
+                reason: format!("cannot open the file to sync it: {e}"),
+            });
+        }
     };
     shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
     match res {

@@ -61,6 +61,11 @@ impl Cursor {
         out: &mut Vec<Entry>,
     ) {
         let visible = topic.visible();
+        // Below `oldest` (a limit deleted it since the caller looked): nothing, so the caller
+        // reports `Truncated` instead of this skipping to what is left.
+        if self.next < topic.oldest.load(Ordering::Acquire) {
+            return;
+        }
         let mut total = 0usize;
         let start_len = out.len();
         while out.len() - start_len < max_entries && self.next < visible {

@@ -36,6 +36,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Recei
             biased;
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
             _ = shared.retention_wake.notified() => {}
+            _ = shared.checkpoints.durable_changed.notified() => {}
             _ = tick.tick() => {}
         }
         if let Err(e) = pass(&shared).await {
@@ -126,6 +127,10 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
             Err(e) => {
                 tracing::warn!(path = %s.path.display(), error = %e, "could not delete a segment; retrying later");
                 first_error.get_or_insert(e);
+                // Limits delete oldest first: a newer file must not go before an older one.
+                if forced {
+                    break;
+                }
             }
         }
     }
@@ -155,16 +160,18 @@ async fn delete(
 ) -> Result<bool> {
     // Make each topic's next offset survive a restart even if nothing of it is left on disk
     // and its consumers are later removed (a no-op when the floor is already that high).
+    // All queued first, so they share the checkpoint writer's group commits.
     let mut seen: Vec<&Arc<Topic>> = Vec::new();
+    let mut floors = Vec::new();
     for (t, _) in &blocks {
         if !seen.iter().any(|x| Arc::ptr_eq(x, t)) {
             seen.push(t);
-            shared
-                .checkpoints
-                .persist(&t.name, FLOOR, 0, t.next_offset())?
-                .wait()
-                .await?;
+            let next = t.next_offset();
+            floors.push(shared.checkpoints.persist(&t.name, FLOOR, 0, next, next)?);
         }
+    }
+    for floor in floors {
+        floor.wait().await?;
     }
     // The last look, and the commit, under the consumers lock (see `pass`).
     let taken = shared.with_consumers(|c| {

@@ -374,6 +374,9 @@ impl TopicStream {
                 self.buf.extend(self.scratch.drain(..));
                 continue;
             }
+            if self.cursor.next < self.topic.oldest.load(Ordering::Acquire) {
+                continue; // deleted meanwhile: reported at the top
+            }
             let wait = self.wait.get_or_insert_with(|| {
                 let mut visible = self.visible.clone();
                 let mut stop = self.shared.stop_signal();
@@ -420,6 +423,7 @@ impl Drop for TopicStream {
                 &self.state.name,
                 self.state.epoch,
                 acked,
+                self.persisted,
             );
             if let Err(e) = queued {
                 tracing::warn!(topic = %self.state.topic, consumer = %self.state.name, error = %e, "persisting a dropped stream's checkpoint failed");

@@ -95,14 +95,10 @@ impl Topic {
             return 0;
         }
         let overlap = |g: &Range<u64>| g.end.min(to).saturating_sub(g.start.max(from));
-        let missing: u64 = crate::storage::lock(&self.gaps)
-            .iter()
-            .map(overlap)
-            .sum::<u64>()
-            + crate::storage::lock(&self.holes)
-                .iter()
-                .map(overlap)
-                .sum::<u64>();
+        // One lock at a time: `remove_block` takes them in another order.
+        let in_gaps: u64 = crate::storage::lock(&self.gaps).iter().map(overlap).sum();
+        let in_holes: u64 = crate::storage::lock(&self.holes).iter().map(overlap).sum();
+        let missing = in_gaps + in_holes;
         (to - from).saturating_sub(missing)
     }
 
@@ -135,9 +131,12 @@ impl Topic {
             .fetch_sub(b.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
         let first = blocks.first().map(|f| f.first_offset);
         drop(blocks);
+        // Before `holes` is locked: `next_offset` locks `gaps`, and no two of these locks are
+        // ever held at once.
+        let next = first.is_none().then(|| self.next_offset());
         let mut holes = crate::storage::lock(&self.holes);
         if idx == 0 {
-            let oldest = first.unwrap_or_else(|| self.next_offset());
+            let oldest = first.or(next).unwrap_or(0);
             let oldest = self.oldest.fetch_max(oldest, Ordering::AcqRel).max(oldest);
             holes.retain(|h| h.end > oldest);
         } else {

@@ -116,9 +116,12 @@ pub(crate) struct Shared {
     closing: Mutex<Option<Closing>>,
     /// The runtime that opened the log has shut down (its tasks were dropped unfinished).
     runtime_gone: AtomicBool,
+    /// `close` ran to its end.
+    close_finished: AtomicBool,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    lock_file: Mutex<Option<File>>,
+    /// The directory lock; the checkpoint writer holds it too, until its last write.
+    lock_file: Mutex<Option<Arc<File>>>,
     /// Wakes the retention task (a checkpoint was persisted).
     pub retention_wake: tokio::sync::Notify,
     /// One retention pass at a time.
@@ -143,6 +146,8 @@ impl Drop for Inner {
         // directory lock goes with the last of them.
         self.shared.stop_accepting();
         self.shared.stop.send_replace(true);
+        // Its writer task writes what is queued, then ends (and lets go of the lock).
+        self.shared.checkpoints.close();
     }
 }
 
@@ -331,16 +336,21 @@ impl Walrus {
             closed: AtomicBool::new(false),
             closing: Mutex::new(None),
             runtime_gone: AtomicBool::new(false),
+            close_finished: AtomicBool::new(false),
             stop,
             tasks: Mutex::new(Vec::new()),
-            lock_file: Mutex::new(Some(lock_file)),
+            lock_file: Mutex::new(Some(Arc::new(lock_file))),
             retention_wake: tokio::sync::Notify::new(),
             retention_lock: tokio::sync::Mutex::new(()),
             checkpoint_damage: checkpoint_report.damaged,
             checkpoint_task: Mutex::new(None),
             orphans: Mutex::new(Vec::new()),
         });
-        let checkpoint_writer = checkpoint::run(shared.checkpoints.clone(), shared.io.clone());
+        let checkpoint_writer = checkpoint::run(
+            shared.checkpoints.clone(),
+            shared.io.clone(),
+            lock(&shared.lock_file).clone(),
+        );
         *lock(&shared.checkpoint_task) = Some(tokio::spawn(checkpoint_writer));
         let wal = Walrus {
             inner: Arc::new(Inner {
@@ -564,67 +574,81 @@ impl Walrus {
             return Ok(Vec::new());
         };
         let shared = self.shared();
-        let state = self.consumer_state(&t, "");
-        let mut guard = state.poll.lock().await;
-        if state.busy.load(Ordering::Acquire) {
-            return Err(state.busy_error());
-        }
-        let mut cursor = guard.clone();
-        let acked = state.acked.load(Ordering::Acquire);
-        if cursor.next != acked {
-            cursor.reset(acked); // a stream of this consumer moved it
-        }
-        // Retention limits deleted entries this consumer had not read: say so once, then go
-        // on from the oldest retained entry.
-        let oldest = t.oldest.load(Ordering::Acquire);
-        let resume = if cursor.next < oldest {
-            Some(oldest)
-        } else {
-            t.hole_end(cursor.next)
-        };
-        if let Some(oldest) = resume {
-            let requested = cursor.next;
-            cursor.reset(oldest);
-            state.acked.store(oldest, Ordering::Release);
+        loop {
+            let state = self.consumer_state(&t, "");
+            let mut guard = state.poll.lock().await;
+            // A reset while this waited replaced the state: read with the current one.
+            if shared.checkpoints.member(topic, "").map_or(0, |m| m.epoch) != state.epoch {
+                continue;
+            }
+            if state.busy.load(Ordering::Acquire) {
+                return Err(state.busy_error());
+            }
+            // Pinned before `oldest` is looked at: retention's last look before a deletion and
+            // this take the same lock, so what this read is about to read cannot go meanwhile.
+            if checkpoint {
+                shared.pin_reader(&state);
+            }
+            let mut cursor = guard.clone();
+            let acked = state.acked.load(Ordering::Acquire);
+            if cursor.next != acked {
+                cursor.reset(acked); // a stream of this consumer moved it
+            }
+            // Retention limits deleted entries this consumer had not read: say so once, then go
+            // on from the oldest retained entry.
+            let oldest = t.oldest.load(Ordering::Acquire);
+            let resume = if cursor.next < oldest {
+                Some(oldest)
+            } else {
+                t.hole_end(cursor.next)
+            };
+            if let Some(oldest) = resume {
+                let requested = cursor.next;
+                cursor.reset(oldest);
+                state.acked.store(oldest, Ordering::Release);
+                *guard = cursor;
+                return Err(Error::Truncated { requested, oldest });
+            }
+            let mut out = Vec::new();
+            cursor.read(&t, max_bytes, max_entries, &mut out);
+            if out.is_empty() && cursor.next < t.oldest.load(Ordering::Acquire) {
+                // A limit deleted the cursor's position meanwhile: reported by the next turn.
+                drop(guard);
+                continue;
+            }
+            if !checkpoint || out.is_empty() {
+                return Ok(out);
+            }
+            let persisted = shared.checkpoints.member(topic, "").map_or(0, |m| m.offset);
+            let due = match shared.config.consistency {
+                ReadConsistency::StrictlyAtOnce => true,
+                ReadConsistency::AtLeastOnce { persist_every } => {
+                    cursor.next.saturating_sub(persisted) >= u64::from(persist_every.max(1))
+                }
+            };
+            if due {
+                let ticket =
+                    shared
+                        .checkpoints
+                        .persist(topic, "", state.epoch, cursor.next, acked)?;
+                // Declared after the poll guard, so dropped before it: the undo is queued before
+                // another read of this consumer can queue anything.
+                let mut undo = UndoCheckpoint {
+                    shared: shared.clone(),
+                    state: state.clone(),
+                    from: cursor.next,
+                    to: acked,
+                    armed: true,
+                };
+                let res = ticket.wait().await;
+                undo.armed = false;
+                res?;
+                shared.retention_wake.notify_one();
+            }
+            state.acked.store(cursor.next, Ordering::Release);
             *guard = cursor;
-            return Err(Error::Truncated { requested, oldest });
-        }
-        if checkpoint {
-            shared.pin_reader(&state);
-        }
-        let mut out = Vec::new();
-        cursor.read(&t, max_bytes, max_entries, &mut out);
-        if !checkpoint || out.is_empty() {
             return Ok(out);
         }
-        let persisted = shared.checkpoints.member(topic, "").map_or(0, |m| m.offset);
-        let due = match shared.config.consistency {
-            ReadConsistency::StrictlyAtOnce => true,
-            ReadConsistency::AtLeastOnce { persist_every } => {
-                cursor.next.saturating_sub(persisted) >= u64::from(persist_every.max(1))
-            }
-        };
-        if due {
-            let ticket = shared
-                .checkpoints
-                .persist(topic, "", state.epoch, cursor.next)?;
-            // Declared after the poll guard, so dropped before it: the undo is queued before
-            // another read of this consumer can queue anything.
-            let mut undo = UndoCheckpoint {
-                shared: shared.clone(),
-                state: state.clone(),
-                from: cursor.next,
-                to: acked,
-                armed: true,
-            };
-            let res = ticket.wait().await;
-            undo.armed = false;
-            res?;
-            shared.retention_wake.notify_one();
-        }
-        state.acked.store(cursor.next, Ordering::Release);
-        *guard = cursor;
-        Ok(out)
     }
 
     /// Reads entries of `topic` from `offset` on, without touching any cursor. Same
@@ -656,6 +680,14 @@ impl Walrus {
         let mut cursor = Cursor::new(offset);
         let mut out = Vec::new();
         cursor.read(&t, max_bytes, usize::MAX, &mut out);
+        let oldest = t.oldest.load(Ordering::Acquire);
+        if out.is_empty() && offset < oldest {
+            // Deleted since it was looked at above.
+            return Err(Error::Truncated {
+                requested: offset,
+                oldest,
+            });
+        }
         Ok(out)
     }
 
@@ -1013,13 +1045,16 @@ impl Walrus {
         let closing = lock(&shared.closing)
             .get_or_insert_with(|| {
                 let task = shared.spawn(close_log(shared.clone()));
-                let shared = shared.clone();
+                // Weak: this future is kept in `Shared` itself.
+                let weak = Arc::downgrade(&shared);
                 async move {
                     match task.await {
                         Ok(res) => res.map_err(Arc::new),
                         Err(e) => {
                             // The log's runtime is gone: let go of what needs no task.
-                            shared.abandon();
+                            if let Some(shared) = weak.upgrade() {
+                                shared.abandon();
+                            }
                             Err(Arc::new(join_error(e)))
                         }
                     }
@@ -1040,18 +1075,34 @@ async fn close_log(shared: Arc<Shared>) -> Result<()> {
         let _ = w.await;
     }
     let mut result = Ok(());
-    // Persist consumer positions that AtLeastOnce has not written yet.
     let states: Vec<_> = lock(&shared.consumers).values().cloned().collect();
-    for state in states {
+    // Polling reads in flight finish (or are dropped and queue their undo) first.
+    for state in &states {
+        drop(state.poll.lock().await);
+    }
+    // Persist consumer positions that AtLeastOnce has not written yet: all queued, then
+    // awaited, so they share the checkpoint writer's group commits.
+    let mut persists = Vec::new();
+    for state in &states {
         let acked = state.acked.load(Ordering::Acquire);
         let persisted = shared
             .checkpoints
             .member(&state.topic, &state.name)
             .filter(|m| m.epoch == state.epoch)
             .map_or(state.start, |m| m.offset);
-        if acked > persisted
-            && let Err(e) = shared.persist_checkpoint(&state, acked).await
-        {
+        if acked > persisted {
+            let queued = shared.checkpoints.persist(
+                &state.topic,
+                &state.name,
+                state.epoch,
+                acked,
+                persisted,
+            );
+            persists.push(queued);
+        }
+    }
+    for p in persists {
+        if let Err(e) = async { p?.wait().await }.await {
             result = Err(e);
         }
     }
@@ -1075,6 +1126,7 @@ async fn close_log(shared: Arc<Shared>) -> Result<()> {
     shared.alloc.discard_spare().await;
     shared.io.shutdown();
     lock(&shared.lock_file).take();
+    shared.close_finished.store(true, Ordering::Release);
     tracing::info!(dir = %shared.dir.display(), "log closed");
     result
 }
@@ -1203,7 +1255,13 @@ impl Shared {
     /// Durably records a consumer's checkpoint and lets retention look again.
     pub(crate) async fn persist_checkpoint(&self, state: &ConsumerState, next: u64) -> Result<()> {
         self.checkpoints
-            .persist(&state.topic, &state.name, state.epoch, next)?
+            .persist(
+                &state.topic,
+                &state.name,
+                state.epoch,
+                next,
+                state.start.min(next),
+            )?
             .wait()
             .await?;
         self.retention_wake.notify_one();
@@ -1233,8 +1291,9 @@ impl Drop for RuntimeWatch {
         if self.finished {
             return;
         }
+        // Also when a close had started: it cannot finish without the runtime either.
         if let Some(shared) = self.shared.upgrade()
-            && !shared.is_closed()
+            && !shared.close_finished.load(Ordering::Acquire)
         {
             tracing::warn!(dir = %shared.dir.display(), "the runtime that opened this log has shut down; calls on its handles now fail with RuntimeGone");
             shared.abandon();

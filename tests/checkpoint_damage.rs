@@ -87,9 +87,17 @@ async fn registrations_after_damage_survive_and_nothing_is_deleted_for_consumers
     }
     wal.close().await.unwrap();
 
-    // The next lifetime has an intact store again and goes back to normal.
+    // A restart does not end the protection: the kept file does, once removed by an operator
+    // (every consumer has subscribed again).
+    let wal = common::small(dir.path()).open().await.unwrap();
+    assert!(wal.stats().checkpoint_store_damaged);
+    assert_eq!(wal.reclaim().await.unwrap(), 0);
+    wal.close().await.unwrap();
+    std::fs::remove_file(&kept[0]).unwrap();
     let wal = common::small(dir.path()).open().await.unwrap();
     assert!(!wal.stats().checkpoint_store_damaged);
+    let deleted = wal.reclaim().await.unwrap() + wal.stats().segments_deleted;
+    assert!(deleted > 0, "consumed data goes again (at open or now)");
     wal.close().await.unwrap();
 }
 
@@ -109,6 +117,12 @@ async fn a_missing_store_with_segments_deletes_nothing_for_consumers() {
     let mut s = wal.subscribe_as("t", "a").unwrap();
     assert_eq!(s.next().await.unwrap().unwrap().offset, 0);
     drop(s);
+    wal.close().await.unwrap();
+    // The loss is remembered across restarts by a marker file, until an operator removes it.
+    let marker = dir.path().join("checkpoints.damaged-missing");
+    assert!(marker.exists());
+    let wal = common::small(dir.path()).open().await.unwrap();
+    assert!(wal.stats().checkpoint_store_damaged);
     wal.close().await.unwrap();
 }
 

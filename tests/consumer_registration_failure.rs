@@ -42,3 +42,70 @@ async fn a_failed_registration_is_retried_before_anything_is_delivered() {
         wal.close().await.unwrap();
     }
 }
+
+fn builder(dir: &std::path::Path, f: &FailPoints) -> walrus_async::WalrusBuilder {
+    Walrus::builder().data_dir(dir).fail_points(f.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_whose_sync_failed_is_not_read_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = FailPoints::new();
+    let wal = builder(dir.path(), &f).open().await.unwrap();
+    wal.append_batch("t", ["a", "b"]).await.unwrap();
+    wal.sync().await.unwrap();
+    // The checkpoint record is written, its fsync fails: the read fails, nothing returned.
+    f.fail_syncs(1, libc::EIO);
+    assert!(wal.read_next("t", true).await.is_err());
+    wal.close().await.unwrap();
+    let wal = builder(dir.path(), &f).open().await.unwrap();
+    let e = wal.read_next("t", true).await.unwrap().unwrap();
+    assert_eq!(e.offset, 0, "entry 0 was never returned");
+    wal.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_removal_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = FailPoints::new();
+    let wal = builder(dir.path(), &f).open().await.unwrap();
+    wal.append("t", "a").await.unwrap();
+    drop(wal.subscribe_as("t", "c").unwrap());
+    wal.sync().await.unwrap();
+    let mut s = wal.subscribe_as("t", "c").unwrap();
+    assert_eq!(s.next().await.unwrap().unwrap().offset, 0);
+    drop(s);
+    f.fail_writes(1, libc::ENOSPC);
+    assert!(wal.remove_consumer("t", "c").await.is_err());
+    wal.remove_consumer("t", "c").await.unwrap();
+    wal.close().await.unwrap();
+    let wal = builder(dir.path(), &f).open().await.unwrap();
+    assert_eq!(
+        wal.consumer_lag("t", "c"),
+        None,
+        "the retried removal is durable"
+    );
+    wal.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_failed_reset_persists_under_the_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = FailPoints::new();
+    let wal = builder(dir.path(), &f).open().await.unwrap();
+    wal.append_batch("t", ["a", "b", "c", "d"]).await.unwrap();
+    assert_eq!(wal.read_next("t", true).await.unwrap().unwrap().offset, 0);
+    f.fail_writes(1, libc::ENOSPC);
+    assert!(
+        wal.reset_consumer("t", "", walrus_async::ResetTo::Offset(2))
+            .await
+            .is_err()
+    );
+    // The reset holds in memory; the next consuming read makes it durable with its own
+    // checkpoint, or fails: never `Ok` with nothing written.
+    assert_eq!(wal.read_next("t", true).await.unwrap().unwrap().offset, 2);
+    wal.close().await.unwrap();
+    let wal = builder(dir.path(), &f).open().await.unwrap();
+    assert_eq!(wal.read_next("t", true).await.unwrap().unwrap().offset, 3);
+    wal.close().await.unwrap();
+}
