@@ -58,10 +58,11 @@ pub struct Stats {
     pub checksum_failures: u64,
     /// The I/O engine in use.
     pub backend: IoBackend,
-    /// The checkpoint store was found damaged or missing (with segments present) at open. Until
-    /// the next open, no data is deleted on consumers' account (retention limits still apply),
-    /// so every consumer can subscribe again and pin what it has not read; the damaged file was
-    /// kept aside as `checkpoints.damaged-<n>`.
+    /// The checkpoint store was found damaged or missing (with segments present), at this open
+    /// or an earlier one: a `checkpoints.damaged-*` file is in the log's directory. While it is,
+    /// no data is deleted on consumers' account (retention limits still apply), so every
+    /// consumer the damage lost can subscribe again and pin what it has not read. Remove that
+    /// file once they have.
     pub checkpoint_store_damaged: bool,
     /// Backlog of every registered consumer (the default consumer of a topic once it has
     /// consumed something), sorted by topic and consumer.
