@@ -795,11 +795,15 @@ impl CheckpointStore {
                 };
                 *lock(&self.file) = Some((f, end));
                 self.durable_changed.notify_one();
-                if end > COMPACT_AT && end > 4 * (keys * 64) {
-                    // A failure here leaves the (complete) old file: a later group retries.
-                    if let Err(e) = self.rewrite_durable().await {
-                        tracing::warn!(path = %self.path.display(), error = %e, "compacting the checkpoint store failed");
-                    }
+                if end > COMPACT_AT
+                    && end > 4 * (keys * 64)
+                    && let Err(e) = self.rewrite_durable().await
+                {
+                    // The rename may have happened before the failure (a failed directory
+                    // sync): the open file may no longer be `checkpoints`, so the next group
+                    // writes the file anew rather than append to it.
+                    tracing::warn!(path = %self.path.display(), error = %e, "compacting the checkpoint store failed");
+                    lock(&self.file).take();
                 }
                 Ok(())
             }
@@ -807,10 +811,27 @@ impl CheckpointStore {
                 // The records may be in the file (a write that landed, a failed sync): put the
                 // file back to what is durable before anyone is told they were not written, so
                 // no failed record is read back at the next open.
-                tracing::warn!(path = %self.path.display(), error = %e, "checkpoint write failed; rewriting the store");
+                tracing::warn!(path = %self.path.display(), error = %e, "checkpoint write failed; putting the store back");
                 lock(&self.file).take();
-                if let Err(e) = self.rewrite_durable().await {
-                    tracing::warn!(path = %self.path.display(), error = %e, "rewriting the checkpoint store failed; the next write retries");
+                // First cut the file back to where this group began, on the descriptor already
+                // open (needs no space and no new descriptor, unlike a rewrite); else rewrite.
+                let cut = match file {
+                    Some((f, end)) => crate::io::blocking(move || {
+                        f.set_len(end)?;
+                        f.sync_data()?;
+                        Ok((f, end))
+                    })
+                    .await
+                    .ok(),
+                    None => None,
+                };
+                match cut {
+                    Some(back) => *lock(&self.file) = Some(back),
+                    None => {
+                        if let Err(e) = self.rewrite_durable().await {
+                            tracing::warn!(path = %self.path.display(), error = %e, "rewriting the checkpoint store failed; the next write retries");
+                        }
+                    }
                 }
                 Err(Error::Io(e))
             }

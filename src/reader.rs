@@ -84,7 +84,10 @@ impl Cursor {
             };
             let offset = at.offset;
             // A jump over a range retention deleted is for the caller to report, not to skip.
-            if offset > self.next && topic.hole_end(self.next).is_some() {
+            if offset > self.next
+                && (topic.hole_end(self.next).is_some()
+                    || self.next < topic.oldest.load(Ordering::Acquire))
+            {
                 break;
             }
             if offset >= self.next {

@@ -374,7 +374,9 @@ impl TopicStream {
                 self.buf.extend(self.scratch.drain(..));
                 continue;
             }
-            if self.cursor.next < self.topic.oldest.load(Ordering::Acquire) {
+            if self.cursor.next < self.topic.oldest.load(Ordering::Acquire)
+                || self.topic.hole_end(self.cursor.next).is_some()
+            {
                 continue; // deleted meanwhile: reported at the top
             }
             let wait = self.wait.get_or_insert_with(|| {

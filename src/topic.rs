@@ -129,18 +129,20 @@ impl Topic {
         blocks.remove(idx);
         self.bytes
             .fetch_sub(b.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
-        let first = blocks.first().map(|f| f.first_offset);
-        drop(blocks);
-        // Before `holes` is locked: `next_offset` locks `gaps`, and no two of these locks are
-        // ever held at once.
-        let next = first.is_none().then(|| self.next_offset());
-        let mut holes = crate::storage::lock(&self.holes);
         if idx == 0 {
-            let oldest = first.or(next).unwrap_or(0);
+            // Moved while the block list is still locked, so no reader finds the next block
+            // without also finding `oldest` moved, and no writer adds a block meanwhile.
+            // (Lock order: blocks, then gaps inside `next_offset`, then holes; never reversed.)
+            let oldest = blocks
+                .first()
+                .map_or_else(|| self.next_offset(), |f| f.first_offset);
             let oldest = self.oldest.fetch_max(oldest, Ordering::AcqRel).max(oldest);
-            holes.retain(|h| h.end > oldest);
+            drop(blocks);
+            crate::storage::lock(&self.holes).retain(|h| h.end > oldest);
         } else {
-            holes.push(b.first_offset..b.end_offset.load(Ordering::Acquire));
+            drop(blocks);
+            crate::storage::lock(&self.holes)
+                .push(b.first_offset..b.end_offset.load(Ordering::Acquire));
         }
     }
 

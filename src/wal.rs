@@ -145,6 +145,10 @@ impl Drop for Inner {
         // durability task. The io_uring reaper is *not* stopped here: writes already queued must
         // still complete; it ends by itself once the tasks holding the engine are gone. The
         // directory lock goes with the last of them.
+        // A close under way finishes on its own, and still needs the checkpoint store.
+        if lock(&self.shared.closing).is_some() {
+            return;
+        }
         self.shared.stop_accepting();
         self.shared.stop.send_replace(true);
         // Its writer task writes what is queued, then ends (and lets go of the lock).
@@ -612,7 +616,10 @@ impl Walrus {
             }
             let mut out = Vec::new();
             cursor.read(&t, max_bytes, max_entries, &mut out);
-            if out.is_empty() && cursor.next < t.oldest.load(Ordering::Acquire) {
+            if out.is_empty()
+                && (cursor.next < t.oldest.load(Ordering::Acquire)
+                    || t.hole_end(cursor.next).is_some())
+            {
                 // A limit deleted the cursor's position meanwhile: reported by the next turn.
                 drop(guard);
                 continue;
@@ -1068,6 +1075,9 @@ impl Walrus {
     }
 }
 
+/// How long `close` waits for a consuming read in flight.
+const CLOSE_POLL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The work of [`Walrus::close`], a task of the log.
 async fn close_log(shared: Arc<Shared>) -> Result<()> {
     shared.stop_accepting();
@@ -1077,9 +1087,15 @@ async fn close_log(shared: Arc<Shared>) -> Result<()> {
     }
     let mut result = Ok(());
     let states: Vec<_> = lock(&shared.consumers).values().cloned().collect();
-    // Polling reads in flight finish (or are dropped and queue their undo) first.
+    // Polling reads in flight finish (or are dropped and queue their undo) first. Bounded: a
+    // read future kept but never polled again must not hold the close forever.
     for state in &states {
-        drop(state.poll.lock().await);
+        if tokio::time::timeout(CLOSE_POLL_WAIT, state.poll.lock())
+            .await
+            .is_err()
+        {
+            tracing::warn!(topic = %state.topic, "a consuming read still in flight at close: if it is dropped later, its checkpoint is not taken back");
+        }
     }
     // Persist consumer positions that AtLeastOnce has not written yet: all queued, then
     // awaited, so they share the checkpoint writer's group commits.
