@@ -816,13 +816,17 @@ impl CheckpointStore {
                 // First cut the file back to where this group began, on the descriptor already
                 // open (needs no space and no new descriptor, unlike a rewrite); else rewrite.
                 let cut = match file {
-                    Some((f, end)) => crate::io::blocking(move || {
-                        f.set_len(end)?;
-                        f.sync_data()?;
-                        Ok((f, end))
-                    })
-                    .await
-                    .ok(),
+                    Some((f, end)) => {
+                        let trace = self.trace.clone();
+                        crate::io::blocking(move || {
+                            f.set_len(end)?;
+                            trace.set_len(&f, end);
+                            crate::io::sync_file(&trace, &f)?;
+                            Ok((f, end))
+                        })
+                        .await
+                        .ok()
+                    }
                     None => None,
                 };
                 match cut {

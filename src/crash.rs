@@ -55,6 +55,7 @@ struct State {
 enum Event {
     Create { path: PathBuf, ino: u64 },
     Extend { ino: u64, len: u64 },
+    SetLen { ino: u64, len: u64 },
     Write { ino: u64, pos: u64, data: Vec<u8> },
     SyncBegin { ino: u64, token: u64 },
     SyncEnd { token: u64 },
@@ -83,6 +84,8 @@ pub struct CrashImage {
 
 enum FileOp<'a> {
     Extend(u64),
+    /// `set_len`: the file's length becomes exactly this (a cut back).
+    SetLen(u64),
     Write(u64, &'a [u8]),
 }
 
@@ -172,6 +175,12 @@ impl CrashJournal {
     pub(crate) fn extended(&self, file: &File, len: u64) {
         if let Ok(m) = file.metadata() {
             self.push(Event::Extend { ino: m.ino(), len });
+        }
+    }
+
+    pub(crate) fn set_len(&self, file: &File, len: u64) {
+        if let Ok(m) = file.metadata() {
+            self.push(Event::SetLen { ino: m.ino(), len });
         }
     }
 
@@ -275,6 +284,11 @@ impl CrashJournal {
                         files[id].ops.push(FileOp::Extend(*len));
                     }
                 }
+                Event::SetLen { ino, len } => {
+                    if let Some(&id) = by_ino.get(ino) {
+                        files[id].ops.push(FileOp::SetLen(*len));
+                    }
+                }
                 Event::Write { ino, pos, data } => {
                     if let Some(&id) = by_ino.get(ino) {
                         files[id].ops.push(FileOp::Write(*pos, data));
@@ -367,6 +381,7 @@ fn image_of(f: &SimFile<'_>, rng: &mut fastrand::Rng, report: &mut CrashImage) -
                 out.resize(len as usize, 0);
             }
         }
+        FileOp::SetLen(len) => out.resize(len as usize, 0),
         FileOp::Write(pos, data) => {
             let data = &data[..cut.unwrap_or(data.len()).min(data.len())];
             let end = pos as usize + data.len();

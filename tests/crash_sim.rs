@@ -13,10 +13,13 @@
 //!   `StrictlyAtOnce`);
 //! * offsets handed out after the restart never go below a recovered checkpoint.
 //!
-//! The workloads also give up on futures at random await points (appends, stream reads, acks,
-//! `reclaim`, `reset_consumer`, `close`), rewind consumers (`reset_consumer`), and before an
-//! image is reopened, flip a byte of its checkpoint store or cut its newest segment file at a
-//! random length now and then. What each move excuses is exactly what it changes: an append
+//! The workloads also give up on futures at random await points (appends, stream reads,
+//! consuming polling reads, acks, `reclaim`, `reset_consumer`, `remove_consumer`, `close`),
+//! rewind consumers (`reset_consumer`, `remove_consumer`), read the default consumers with
+//! consuming polling reads (their checkpoints must never skip an entry not returned), delete
+//! the oldest segment file by hand while the log runs (the images, rebuilt from the journal,
+//! still hold it: the running log must just go on), and before an image is reopened, flip a
+//! byte of its checkpoint store or cut its newest segment file at a random length now and then. What each move excuses is exactly what it changes: an append
 //! given up on may or may not be in the log (never at an acknowledged entry's offset);
 //! acknowledgements before a rewind, or in an image whose checkpoint store was damaged, no
 //! longer bound the checkpoint (it may go back: redelivery), but it never skips an entry that
@@ -109,6 +112,10 @@ struct ConsumerModel {
     /// (journal position when a rewind started, when it returned): acknowledgements before a
     /// rewind no longer bound the checkpoint after it.
     rewinds: Vec<(usize, usize)>,
+    /// Default consumer: from a consuming read given up on to the end of the next one that
+    /// finished (which orders the undo before its own checkpoint): a crash in between may find
+    /// the given-up read's checkpoint (StrictlyAtOnce's at-most-once window at a crash).
+    uncertain: Vec<(usize, usize)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -171,6 +178,9 @@ struct Totals {
     second_crashes: u64,
     dropped_futures: u64,
     rewinds: u64,
+    removals: u64,
+    consuming_reads: u64,
+    deleted_by_hand: u64,
     damaged_stores: u64,
     truncated_segments: u64,
 }
@@ -189,6 +199,8 @@ struct Epoch {
     /// Batch id -> entries in it (failed batches too: they must not survive in part either).
     batches: HashMap<u64, u64>,
     consumers: Vec<ConsumerModel>,
+    /// The default consumer of each topic, read with consuming polling reads.
+    defaults: Vec<ConsumerModel>,
 }
 
 fn builder(dir: &Path, s: Settings, faults: &FailPoints) -> walrus_async::WalrusBuilder {
@@ -277,6 +289,7 @@ async fn run_epoch(
         entries: HashMap::new(),
         batches: HashMap::new(),
         consumers: vec![ConsumerModel::default(); TOPICS.len()],
+        defaults: vec![ConsumerModel::default(); TOPICS.len()],
     };
     let mut streams: Vec<Option<TopicStream>> = (0..TOPICS.len()).map(|_| None).collect();
     let mut max_ok: Vec<Option<u64>> = vec![None; TOPICS.len()];
@@ -407,12 +420,107 @@ async fn run_epoch(
                     }
                 }
             }
-            81..84 => {
-                // Dropping a stream persists its unpersisted acks in a spawned task.
+            81..82 => {
+                // Dropping a stream persists its unpersisted acks.
                 let t = below(rng, TOPICS.len() as u64) as usize;
                 streams[t] = None;
             }
+            82..83 => {
+                // Remove the consumer (its next subscription starts over at the oldest entry:
+                // a rewind), now and then giving up on the call.
+                let t = below(rng, TOPICS.len() as u64) as usize;
+                streams[t] = None;
+                let start = journal.position();
+                let remove = wal.remove_consumer(TOPICS[t], CONSUMER);
+                let done = if below(rng, 3) == 0 {
+                    let r = poll_then_drop(remove, 1 + below(rng, 3)).await;
+                    if r.is_none() {
+                        totals.dropped_futures += 1;
+                    }
+                    r
+                } else {
+                    Some(remove.await)
+                };
+                totals.removals += 1;
+                let end = match done {
+                    Some(Ok(())) => journal.position(),
+                    _ => usize::MAX,
+                };
+                ep.consumers[t].rewinds.push((start, end));
+            }
+            83..84 | 92..97 => {
+                // A consuming polling read of the default consumer, now and then given up on
+                // (then nothing was delivered, and its checkpoint must not stay moved).
+                let t = below(rng, TOPICS.len() as u64) as usize;
+                let max_bytes = below(rng, 3000) as usize;
+                let one = below(rng, 2) == 0;
+                let read = async {
+                    if one {
+                        wal.read_next(TOPICS[t], true)
+                            .await
+                            .map(|e| e.into_iter().collect())
+                    } else {
+                        wal.batch_read(TOPICS[t], max_bytes, true).await
+                    }
+                };
+                let polls = 1 + below(rng, 3);
+                // A consuming read's checkpoint is durable before it returns: its entries count
+                // as delivered from its start.
+                let start = journal.position();
+                let got: Option<walrus_async::Result<Vec<walrus_async::Entry>>> =
+                    if below(rng, 2) == 0 {
+                        let r = poll_then_drop(read, polls).await;
+                        if r.is_none() {
+                            totals.dropped_futures += 1;
+                        }
+                        r
+                    } else {
+                        Some(read.await)
+                    };
+                let d = &mut ep.defaults[t];
+                match got {
+                    None => d.uncertain.push((start, usize::MAX)),
+                    Some(r) => {
+                        let end = journal.position();
+                        if let Some(w) = d.uncertain.last_mut().filter(|w| w.1 == usize::MAX) {
+                            w.1 = end;
+                        }
+                        // A read that failed may have written its checkpoint before its
+                        // fsync failed; it is cut back before the read returns.
+                        if r.is_err() {
+                            d.uncertain.push((start, end));
+                        }
+                        if let Ok(got) = r
+                            && let Some(last) = got.last()
+                        {
+                            d.delivered.push((start, last.offset + 1));
+                            d.acked.push((end, last.offset + 1));
+                            totals.consuming_reads += 1;
+                        }
+                    }
+                }
+            }
             84..86 => {
+                if below(rng, 4) == 0 {
+                    // An operator deletes the oldest segment file by hand. The crash images,
+                    // rebuilt from the journal, still hold it: what this checks is that the
+                    // running log goes on (retention, syncs, reads, close).
+                    let ns = if s.key {
+                        dir.join("ns-tenant%2F1")
+                    } else {
+                        dir.to_path_buf()
+                    };
+                    let oldest = std::fs::read_dir(&ns).ok().and_then(|d| {
+                        d.filter_map(|e| e.ok().map(|e| e.path()))
+                            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                            .min()
+                    });
+                    if let Some(p) = oldest
+                        && std::fs::remove_file(&p).is_ok()
+                    {
+                        totals.deleted_by_hand += 1;
+                    }
+                }
                 if below(rng, 2) == 0 {
                     let _ = wal.reclaim().await;
                 } else if poll_then_drop(wal.reclaim(), 1 + below(rng, 3))
@@ -492,6 +600,12 @@ async fn run_epoch(
             for r in ep.entries.values_mut() {
                 if r.offset.is_some() && r.done_at <= start {
                     r.durable_at = Some(r.durable_at.map_or(at, |d| d.min(at)));
+                }
+            }
+            // A clean close has written the undo of every consuming read given up on.
+            for d in &mut ep.defaults {
+                for w in d.uncertain.iter_mut().filter(|w| w.1 == usize::MAX) {
+                    w.1 = at;
                 }
             }
         }
@@ -691,6 +805,15 @@ async fn check_image(
             // rewind or damage took back.
             deleted_below = c.max(acked_ever.unwrap_or(0)).min(delivered);
         }
+        // The default consumer's reads let retention delete below what it acknowledged too.
+        let d_acked = ep.defaults[t]
+            .acked
+            .iter()
+            .filter(|a| a.0 <= at)
+            .map(|a| a.1)
+            .max()
+            .unwrap_or(0);
+        let deleted_below = deleted_below.max(d_acked);
         for (id, rec) in &ep.entries {
             if rec.topic == t
                 && !tampered.segment
@@ -705,6 +828,25 @@ async fn check_image(
                 }
                 totals.durable_checked += 1;
             }
+        }
+        // The default consumer: its checkpoint never skips an entry it was not handed.
+        let d_model = &ep.defaults[t];
+        let d_delivered = d_model
+            .delivered
+            .iter()
+            .filter(|d| d.0 <= at)
+            .map(|d| d.1)
+            .max();
+        let d_uncertain = d_model.uncertain.iter().any(|w| w.0 <= at && at < w.1);
+        if let Some(d_delivered) = d_delivered.filter(|_| !d_uncertain)
+            && let Ok(Some(next)) = wal.read_next(topic, false).await
+            && let Some((skipped, _)) = entries
+                .iter()
+                .find(|e| e.0 >= d_delivered && e.0 < next.offset)
+        {
+            return Err(format!(
+                "{topic}: the default consumer's checkpoint skips entry {skipped}, never delivered (delivered up to {d_delivered})"
+            ));
         }
         if probe {
             let o = wal

@@ -413,6 +413,11 @@ impl Trace {
         journal!(self, j => j.extended(file, len));
     }
 
+    pub(crate) fn set_len(&self, file: &File, len: u64) {
+        #[cfg(feature = "failpoints")]
+        journal!(self, j => j.set_len(file, len));
+    }
+
     pub(crate) fn wrote(&self, file: &File, pos: u64, data: &[u8]) {
         #[cfg(feature = "failpoints")]
         journal!(self, j => j.wrote(file, pos, data));
