@@ -748,13 +748,7 @@ impl Walrus {
                 }
                 let at = t.oldest.load(Ordering::Acquire);
                 let (epoch, ticket) = shared.checkpoints.register(topic, consumer, at)?;
-                let state = Arc::new(ConsumerState::new(
-                    t.name.clone(),
-                    Arc::from(consumer),
-                    epoch,
-                    at,
-                ));
-                consumers.insert(key, state.clone());
+                let state = put_state(&mut consumers, key, epoch, at);
                 if !state.try_hold() {
                     return Err(state.busy_error());
                 }
@@ -887,7 +881,6 @@ impl Walrus {
         let shared = self.shared();
         let (at, ticket) = {
             let mut consumers = lock(&shared.consumers);
-            let member = shared.checkpoints.member(topic, consumer);
             let key: ConsumerKey = (t.name.clone(), Arc::from(consumer));
             let _hold = consumers.get(&key).map(|s| s.hold()).transpose()?;
             let oldest = t.oldest.load(Ordering::Acquire);
@@ -898,20 +891,12 @@ impl Walrus {
                 ResetTo::Offset(n) => n.clamp(oldest, end),
             };
             let (epoch, ticket) = shared.checkpoints.register(topic, consumer, at)?;
-            let state = Arc::new(ConsumerState::new(
-                t.name.clone(),
-                Arc::from(consumer),
-                epoch,
-                at,
-            ));
             // A default consumer that was reading keeps pinning from its new position.
-            if let Some(old) = consumers.get(&key)
-                && old.reading.load(Ordering::Acquire)
-            {
-                state.reading.store(true, Ordering::Release);
-            }
-            consumers.insert(key, state);
-            let _ = member;
+            let reading = consumers
+                .get(&key)
+                .is_some_and(|old| old.reading.load(Ordering::Acquire));
+            let state = put_state(&mut consumers, key, epoch, at);
+            state.reading.store(reading, Ordering::Release);
             (at, ticket)
         };
         ticket.wait().await?;
@@ -1225,14 +1210,7 @@ impl Shared {
         }
         // A checkpoint below `oldest` is kept: its reader reports `Truncated` once.
         let at = member.map_or_else(|| topic.oldest.load(Ordering::Acquire), |m| m.offset);
-        let state = Arc::new(ConsumerState::new(
-            topic.name.clone(),
-            Arc::from(consumer),
-            epoch,
-            at,
-        ));
-        consumers.insert(key, state.clone());
-        state
+        put_state(consumers, key, epoch, at)
     }
 
     /// The default consumer pins its data from its first read on.
@@ -1316,6 +1294,18 @@ impl Drop for RuntimeWatch {
             shared.abandon();
         }
     }
+}
+
+/// A new state for a consumer's registration `epoch`, at `at`, replacing the one held.
+fn put_state(
+    consumers: &mut HashMap<ConsumerKey, Arc<ConsumerState>>,
+    key: ConsumerKey,
+    epoch: u64,
+    at: u64,
+) -> Arc<ConsumerState> {
+    let state = Arc::new(ConsumerState::new(key.0.clone(), key.1.clone(), epoch, at));
+    consumers.insert(key, state.clone());
+    state
 }
 
 /// What a task of the log that did not finish means to its caller: its runtime shut down (or

@@ -7,18 +7,8 @@ mod common;
 use futures::StreamExt;
 use walrus_async::Walrus;
 
-/// Appends until the topic spans `files` segment files; returns the last offset.
 async fn fill(wal: &Walrus, dir: &std::path::Path, files: usize) -> u64 {
-    let mut last = 0;
-    while common::segments(dir).len() < files {
-        last = wal
-            .append_batch("t", (0..64).map(|i| vec![i as u8; 1000]))
-            .await
-            .unwrap()
-            .end
-            - 1;
-    }
-    last
+    common::fill_segments(wal, dir, "t", files).await
 }
 
 async fn read_and_ack(wal: &Walrus, consumer: &str, upto: u64) {

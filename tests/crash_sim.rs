@@ -40,6 +40,8 @@
 //! Needs `--features failpoints`.
 #![cfg(feature = "failpoints")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -65,28 +67,9 @@ fn payload(id: u64) -> Vec<u8> {
     v
 }
 
-/// Polls `fut` at most `polls` times, each time after it asked to be woken, then drops it
-/// wherever it stands: what `select!`, `timeout` or a client that disconnects does.
+/// Gives up on `fut` after `polls` polls (see `common::poll_then_drop`).
 async fn poll_then_drop<F: std::future::Future>(fut: F, polls: u64) -> Option<F::Output> {
-    struct Wake(std::sync::Arc<tokio::sync::Notify>);
-    impl std::task::Wake for Wake {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.notify_one();
-        }
-    }
-    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
-    let waker = std::task::Waker::from(std::sync::Arc::new(Wake(notify.clone())));
-    let mut fut = std::pin::pin!(fut);
-    for i in 0..polls {
-        let mut cx = std::task::Context::from_waker(&waker);
-        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return Some(out);
-        }
-        if i + 1 < polls {
-            notify.notified().await;
-        }
-    }
-    None
+    common::poll_then_drop(fut, polls as usize).await
 }
 
 #[derive(Clone, Debug)]

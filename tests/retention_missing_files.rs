@@ -6,18 +6,8 @@ mod common;
 
 use futures::StreamExt;
 
-/// Appends until the topic spans at least `files` segment files; returns the last offset.
 async fn fill(wal: &walrus_async::Walrus, dir: &std::path::Path, files: usize) -> u64 {
-    let mut last = 0;
-    while common::segments(dir).len() < files {
-        last = wal
-            .append_batch("t", (0..64).map(|i| vec![i as u8; 1000]))
-            .await
-            .unwrap()
-            .end
-            - 1;
-    }
-    last
+    common::fill_segments(wal, dir, "t", files).await
 }
 
 async fn consume_all(s: &mut walrus_async::TopicStream, last: u64) {

@@ -147,3 +147,18 @@ pub async fn poll_then_drop<F: std::future::Future>(fut: F, polls: usize) -> Opt
     }
     None
 }
+
+/// Appends batches of 64 × 1000 bytes to `topic` until the directory holds at least `files`
+/// segment files; returns the last offset written.
+pub async fn fill_segments(wal: &Walrus, dir: &Path, topic: &str, files: usize) -> u64 {
+    let mut last = 0;
+    while segments(dir).len() < files {
+        last = wal
+            .append_batch(topic, (0..64).map(|i| vec![i as u8; 1000]))
+            .await
+            .unwrap()
+            .end
+            - 1;
+    }
+    last
+}
