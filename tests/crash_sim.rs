@@ -788,15 +788,23 @@ async fn check_image(
             // rewind or damage took back.
             deleted_below = c.max(acked_ever.unwrap_or(0)).min(delivered);
         }
-        // The default consumer's reads let retention delete below what it acknowledged too.
-        let d_acked = ep.defaults[t]
-            .acked
+        // The default consumer: a consuming read's checkpoint is durable before the read
+        // returns, so retention may delete what it read from the read's start on; a read given
+        // up on (or damage that lost its undo) may leave its checkpoint past entries never
+        // returned, until the undo is durable, and retention may act on it.
+        let d_model = &ep.defaults[t];
+        let d_delivered = d_model
+            .delivered
             .iter()
-            .filter(|a| a.0 <= at)
-            .map(|a| a.1)
-            .max()
-            .unwrap_or(0);
-        let deleted_below = deleted_below.max(d_acked);
+            .filter(|d| d.0 <= at)
+            .map(|d| d.1)
+            .max();
+        let d_uncertain = tampered.store || d_model.uncertain.iter().any(|w| w.0 <= at && at < w.1);
+        let deleted_below = if d_uncertain {
+            u64::MAX
+        } else {
+            deleted_below.max(d_delivered.unwrap_or(0))
+        };
         for (id, rec) in &ep.entries {
             if rec.topic == t
                 && !tampered.segment
@@ -812,15 +820,7 @@ async fn check_image(
                 totals.durable_checked += 1;
             }
         }
-        // The default consumer: its checkpoint never skips an entry it was not handed.
-        let d_model = &ep.defaults[t];
-        let d_delivered = d_model
-            .delivered
-            .iter()
-            .filter(|d| d.0 <= at)
-            .map(|d| d.1)
-            .max();
-        let d_uncertain = d_model.uncertain.iter().any(|w| w.0 <= at && at < w.1);
+        // The default consumer's checkpoint never skips an entry it was not handed.
         if let Some(d_delivered) = d_delivered.filter(|_| !d_uncertain)
             && let Ok(Some(next)) = wal.read_next(topic, false).await
             && let Some((skipped, _)) = entries
