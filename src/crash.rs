@@ -226,6 +226,12 @@ impl CrashJournal {
         }
     }
 
+    /// Records that `path` was removed by someone other than the log (an operator, a test):
+    /// crash images from then on may or may not hold it, like any unlink not yet synced.
+    pub fn removed_by_hand(&self, path: &Path) {
+        self.removed(path);
+    }
+
     pub(crate) fn removed(&self, path: &Path) {
         if let Some(path) = self.rel(path) {
             self.push(Event::Remove { path });

@@ -17,9 +17,10 @@
 //! consuming polling reads, acks, `reclaim`, `reset_consumer`, `remove_consumer`, `close`),
 //! rewind consumers (`reset_consumer`, `remove_consumer`), read the default consumers with
 //! consuming polling reads (their checkpoints must never skip an entry not returned), delete
-//! the oldest segment file by hand while the log runs (the images, rebuilt from the journal,
-//! still hold it: the running log must just go on), and before an image is reopened, flip a
-//! byte of its checkpoint store or cut its newest segment file at a random length now and then. What each move excuses is exactly what it changes: an append
+//! the oldest segment file by hand while the log runs (images after that may lack it: its
+//! entries are excused from the loss check, nothing else is), and before an image is reopened,
+//! flip a byte of its checkpoint store or cut its newest segment file at a random length now
+//! and then. What each move excuses is exactly what it changes: an append
 //! given up on may or may not be in the log (never at an acknowledged entry's offset);
 //! acknowledgements before a rewind, or in an image whose checkpoint store was damaged, no
 //! longer bound the checkpoint (it may go back: redelivery), but it never skips an entry that
@@ -184,6 +185,8 @@ struct Epoch {
     consumers: Vec<ConsumerModel>,
     /// The default consumer of each topic, read with consuming polling reads.
     defaults: Vec<ConsumerModel>,
+    /// Journal position after which a segment file was deleted by hand: entries may be gone.
+    deleted_by_hand: Option<usize>,
 }
 
 fn builder(dir: &Path, s: Settings, faults: &FailPoints) -> walrus_async::WalrusBuilder {
@@ -273,6 +276,7 @@ async fn run_epoch(
         batches: HashMap::new(),
         consumers: vec![ConsumerModel::default(); TOPICS.len()],
         defaults: vec![ConsumerModel::default(); TOPICS.len()],
+        deleted_by_hand: None,
     };
     let mut streams: Vec<Option<TopicStream>> = (0..TOPICS.len()).map(|_| None).collect();
     let mut max_ok: Vec<Option<u64>> = vec![None; TOPICS.len()];
@@ -485,9 +489,10 @@ async fn run_epoch(
             }
             84..86 => {
                 if below(rng, 4) == 0 {
-                    // An operator deletes the oldest segment file by hand. The crash images,
-                    // rebuilt from the journal, still hold it: what this checks is that the
-                    // running log goes on (retention, syncs, reads, close).
+                    // An operator deletes the oldest segment file by hand (recorded in the
+                    // journal, so later images may lack it: its entries are excused from the
+                    // loss check, every other promise still holds). The running log must go on
+                    // (retention, syncs, reads, close).
                     let ns = if s.key {
                         dir.join("ns-tenant%2F1")
                     } else {
@@ -501,6 +506,8 @@ async fn run_epoch(
                     if let Some(p) = oldest
                         && std::fs::remove_file(&p).is_ok()
                     {
+                        journal.removed_by_hand(&p);
+                        ep.deleted_by_hand.get_or_insert(journal.position());
                         totals.deleted_by_hand += 1;
                     }
                 }
@@ -808,6 +815,7 @@ async fn check_image(
         for (id, rec) in &ep.entries {
             if rec.topic == t
                 && !tampered.segment
+                && ep.deleted_by_hand.is_none_or(|d| d > at)
                 && rec.durable_at.is_some_and(|d| d <= at)
                 && rec.offset.is_some_and(|o| o >= deleted_below)
             {
