@@ -318,8 +318,6 @@ pub(crate) struct OpenReport {
     /// The store was damaged (records lost in the middle) or missing while segments exist:
     /// consumers may be unknown or behind their real position until they subscribe again.
     pub damaged: bool,
-    /// Where the damaged file was kept, if it was.
-    pub kept_aside: Option<PathBuf>,
 }
 
 /// Callers' view of registrations plus what the writer task has made durable.
@@ -398,7 +396,6 @@ impl CheckpointStore {
                         kept = %aside.display(),
                         "checkpoint store damaged: records past the damage were read where they could be; the damaged file is kept aside, and this lifetime deletes no data on consumers' account so every consumer can subscribe again first"
                     );
-                    report.kept_aside = Some(aside);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

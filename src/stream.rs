@@ -153,6 +153,8 @@ pub struct TopicStream {
     register_again: bool,
     /// `Error::RuntimeGone` was reported.
     told_gone: bool,
+    /// Keeps the consumer busy; dropped after `Drop::drop` has queued the last checkpoint.
+    _hold: Hold,
     scratch: Vec<Entry>,
 }
 
@@ -171,6 +173,7 @@ impl TopicStream {
         shared: Arc<Shared>,
         topic: Arc<Topic>,
         state: Arc<ConsumerState>,
+        hold: Hold,
         persisted: u64,
         registration: Option<BoxFuture<Result<()>>>,
     ) -> TopicStream {
@@ -188,6 +191,7 @@ impl TopicStream {
             registration,
             register_again: false,
             told_gone: false,
+            _hold: hold,
             scratch: Vec::new(),
         }
     }
@@ -415,9 +419,9 @@ impl Stream for TopicStream {
 impl Drop for TopicStream {
     fn drop(&mut self) {
         // AtLeastOnce: persist what was acknowledged but not yet persisted. Queued to the
-        // checkpoint writer before the consumer is let go, so it is ordered before anything a
-        // later reader of this consumer writes (and its epoch keeps it off a later
-        // registration). Needs no runtime here.
+        // checkpoint writer before the consumer is let go (the `_hold` field drops after this
+        // body), so it is ordered before anything a later reader of this consumer writes (and
+        // its epoch keeps it off a later registration). Needs no runtime here.
         let acked = self.state.acked.load(Ordering::Acquire);
         if acked > self.persisted && !self.shared.is_closed() {
             let queued = self.shared.checkpoints.persist(
@@ -431,6 +435,5 @@ impl Drop for TopicStream {
                 tracing::warn!(topic = %self.state.topic, consumer = %self.state.name, error = %e, "persisting a dropped stream's checkpoint failed");
             }
         }
-        self.state.busy.store(false, Ordering::Release);
     }
 }

@@ -731,7 +731,7 @@ impl Walrus {
         let mut consumers = lock(&shared.consumers);
         let member = shared.checkpoints.member(topic, consumer);
         let key: ConsumerKey = (t.name.clone(), Arc::from(consumer));
-        let (state, registration, persisted) = match member {
+        let (state, hold, registration, persisted) = match member {
             // A named consumer's first subscription registers it, at the oldest retained
             // entry; it pins data from now on, and the stream waits for the record to be
             // durable before its first item. Nothing else holds a state of an unregistered
@@ -749,30 +749,16 @@ impl Walrus {
                 let at = t.oldest.load(Ordering::Acquire);
                 let (epoch, ticket) = shared.checkpoints.register(topic, consumer, at)?;
                 let state = put_state(&mut consumers, key, epoch, at);
-                if !state.try_hold() {
-                    return Err(state.busy_error());
-                }
-                (state, Some(ticket), at)
+                let hold = state.hold()?;
+                (state, hold, Some(ticket), at)
             }
             member => {
                 let state = shared.state_locked(&mut consumers, &t, consumer, member);
-                if !state.try_hold() {
-                    return Err(state.busy_error());
-                }
-                // A polling read of the default consumer in flight holds this lock.
-                if state.poll.try_lock().is_err() {
-                    state.busy.store(false, Ordering::Release);
-                    return Err(state.busy_error());
-                }
+                // Busy while another stream, or a polling read of the default consumer, has it.
+                let hold = state.hold()?;
                 let registration = match member {
                     Some(m) if !m.durable => {
-                        match shared.checkpoints.reregister(topic, consumer, m.epoch) {
-                            Ok(t) => Some(t),
-                            Err(e) => {
-                                state.busy.store(false, Ordering::Release);
-                                return Err(e);
-                            }
-                        }
+                        Some(shared.checkpoints.reregister(topic, consumer, m.epoch)?)
                     }
                     _ => None,
                 };
@@ -780,7 +766,7 @@ impl Walrus {
                     state.reading.store(true, Ordering::Release);
                 }
                 let persisted = member.map_or(state.start, |m| m.offset);
-                (state, registration, persisted)
+                (state, hold, registration, persisted)
             }
         };
         drop(consumers);
@@ -792,6 +778,7 @@ impl Walrus {
             shared.clone(),
             t,
             state,
+            hold,
             persisted,
             registration,
         ))
