@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::wal::Walrus;
 
 /// When a consumer's read position (checkpoint) is made durable.
 ///
@@ -37,7 +36,7 @@ pub enum FsyncSchedule {
     /// all topics, share one fsync per file (group commit).
     SyncEach,
     /// Never sync in the background; data is durable when the OS writes it back, or on
-    /// [`Walrus::sync`] / [`Walrus::close`].
+    /// [`Walrus::sync`](crate::Walrus::sync) / [`Walrus::close`](crate::Walrus::close).
     NoFsync,
 }
 
@@ -110,7 +109,7 @@ const MAX_SYNC_PERIOD_MS: u64 = 86_400_000;
 /// Largest accepted `segment_bytes`: 1 TiB.
 const MAX_SEGMENT_BYTES: u64 = 1 << 40;
 
-/// Builder for [`Walrus`]; start with [`Walrus::builder`].
+/// Builder for [`Walrus`](crate::Walrus); start with [`Walrus::builder`](crate::Walrus::builder).
 ///
 /// ```no_run
 /// use walrus_async::{FsyncSchedule, ReadConsistency, Walrus};
@@ -305,17 +304,6 @@ impl WalrusBuilder {
     pub fn retention_age(mut self, age: std::time::Duration) -> Self {
         self.retention_age = Some(age);
         self
-    }
-
-    /// Opens (creating or recovering) the log. Its tasks run on the calling Tokio runtime;
-    /// if that runtime shuts down before the log is closed, every call on its handles fails
-    /// with [`Error::RuntimeGone`].
-    ///
-    /// # Cancellation
-    /// As [`Walrus::open`].
-    pub async fn open(self) -> Result<Walrus> {
-        let config = self.resolve()?;
-        Walrus::open_with(config).await
     }
 
     pub(crate) fn resolve(self) -> Result<Config> {

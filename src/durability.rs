@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FsyncSchedule;
+use crate::counters::Counters;
 use crate::error::{Error, Result};
+use crate::io::Io;
+use crate::storage::Allocator;
 use crate::storage::Segment;
-use crate::wal::Shared;
 
 enum Target {
     /// One segment (everything written to it so far).
@@ -71,14 +73,23 @@ impl Durability {
 
 pub(crate) struct DurabilityRx(mpsc::UnboundedReceiver<Req>);
 
+/// What the durability task works with.
+pub(crate) struct Context {
+    pub fsync: FsyncSchedule,
+    pub io: Io,
+    /// Where the segments written so far are found (`sync_all`, the `Milliseconds` timer).
+    pub alloc: Arc<Allocator>,
+    pub counters: Arc<Counters>,
+}
+
 /// Runs until `stop` fires; then answers what is queued and returns.
 pub(crate) async fn run(
-    shared: Arc<Shared>,
+    cx: Context,
     rx: DurabilityRx,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut rx = rx.0;
-    let period = match shared.config.fsync {
+    let period = match cx.fsync {
         FsyncSchedule::Milliseconds(n) => Some(Duration::from_millis(n.max(1))),
         _ => None,
     };
@@ -97,14 +108,14 @@ pub(crate) async fn run(
                 next.gather(&mut rx, &mut reqs).await;
                 let served = reqs.len();
                 let started = Instant::now();
-                serve(&shared, &mut reqs).await;
+                serve(&cx, &mut reqs).await;
                 next = Gather {
                     expect: served + rx.len(),
                     patience: started.elapsed() / 4,
                 };
             }
             _ = tick.tick(), if period.is_some() => {
-                let _ = sync_segments(&shared, shared.alloc.segments()).await;
+                let _ = sync_segments(&cx, cx.alloc.segments()).await;
             }
         }
     }
@@ -113,7 +124,7 @@ pub(crate) async fn run(
     while let Ok(r) = rx.try_recv() {
         reqs.push(r);
     }
-    serve(&shared, &mut reqs).await;
+    serve(&cx, &mut reqs).await;
 }
 
 /// How long the next round may wait for requests that are about to arrive.
@@ -153,7 +164,7 @@ impl Gather {
     }
 }
 
-async fn serve(shared: &Shared, reqs: &mut Vec<Req>) {
+async fn serve(cx: &Context, reqs: &mut Vec<Req>) {
     if reqs.is_empty() {
         return;
     }
@@ -170,9 +181,9 @@ async fn serve(shared: &Shared, reqs: &mut Vec<Req>) {
         }
     }
     if all {
-        segs = shared.alloc.segments();
+        segs = cx.alloc.segments();
     }
-    let results = sync_segments(shared, segs).await;
+    let results = sync_segments(cx, segs).await;
     for r in reqs.drain(..) {
         let res = match &r.target {
             Target::All => results
@@ -194,27 +205,24 @@ async fn serve(shared: &Shared, reqs: &mut Vec<Req>) {
 }
 
 /// Syncs each segment that needs it, concurrently. A poisoned segment reports its failure.
-async fn sync_segments(
-    shared: &Shared,
-    segs: Vec<Arc<Segment>>,
-) -> Vec<(Arc<Segment>, Result<()>)> {
+async fn sync_segments(cx: &Context, segs: Vec<Arc<Segment>>) -> Vec<(Arc<Segment>, Result<()>)> {
     // Files still open are synced concurrently; sealed ones that must be opened again to be
     // synced (their last writes were never synced) one at a time, so a `sync()` after much
     // unsynced data needs one descriptor more, not one per file.
     let (open, sealed): (Vec<_>, Vec<_>) = segs.into_iter().partition(|s| s.file().is_some());
     let work = open.into_iter().map(|s| async move {
-        let res = sync_one(shared, &s).await;
+        let res = sync_one(cx, &s).await;
         (s, res)
     });
     let mut out = futures::future::join_all(work).await;
     for s in sealed {
-        let res = sync_one(shared, &s).await;
+        let res = sync_one(cx, &s).await;
         out.push((s, res));
     }
     out
 }
 
-async fn sync_one(shared: &Shared, s: &Segment) -> Result<()> {
+async fn sync_one(cx: &Context, s: &Segment) -> Result<()> {
     let failed = || Error::SyncFailed {
         path: s.path.clone(),
         reason: "an earlier fsync of this file failed".into(),
@@ -227,11 +235,11 @@ async fn sync_one(shared: &Shared, s: &Segment) -> Result<()> {
         return Ok(());
     }
     #[cfg(feature = "failpoints")]
-    if let Some(f) = &shared.io.trace.faults {
+    if let Some(f) = &cx.io.trace.faults {
         f.before_segment_sync().await;
     }
     let res = match s.file_for_sync() {
-        Ok(file) => shared.io.sync_data(&file).await,
+        Ok(file) => cx.io.sync_data(&file).await,
         // Deleted by retention meanwhile: nothing of it is left to make durable.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && s.deleted.load(Ordering::Acquire) => {
             return Ok(());
@@ -246,7 +254,7 @@ async fn sync_one(shared: &Shared, s: &Segment) -> Result<()> {
             });
         }
     };
-    shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+    cx.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
     match res {
         Ok(()) => {
             s.synced_gen.fetch_max(generation, Ordering::AcqRel);

@@ -61,9 +61,12 @@
 
 mod checkpoint;
 mod config;
+mod consumer;
+mod counters;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod durability;
+mod engine;
 mod error;
 #[cfg(feature = "failpoints")]
 mod failpoints;
@@ -72,6 +75,7 @@ mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod io;
+mod lifecycle;
 mod reader;
 mod retention;
 mod storage;
@@ -91,8 +95,9 @@ pub use crash::{CrashImage, CrashJournal};
 pub use error::{Error, Result};
 #[cfg(feature = "failpoints")]
 pub use failpoints::FailPoints;
+pub use reader::Entry;
 pub use stream::TopicStream;
-pub use wal::{ConsumerLag, Entry, ResetTo, Stats, Walrus};
+pub use wal::{ConsumerLag, ResetTo, Stats, Walrus};
 
 /// The README's examples, compiled and run as doctests so they cannot drift from the API.
 #[cfg(doctest)]

@@ -13,7 +13,15 @@ use std::sync::atomic::Ordering;
 
 use crate::storage::Block;
 use crate::topic::Topic;
-use crate::wal::Entry;
+
+/// One entry of a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Position in its topic: dense, from 0.
+    pub offset: u64,
+    /// The payload; for entries read from disk, a zero-copy view of the memory-mapped file.
+    pub data: Bytes,
+}
 
 /// Where a reader is inside a verified frame.
 #[derive(Clone, Debug)]

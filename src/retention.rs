@@ -17,10 +17,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::checkpoint::FLOOR;
+use crate::engine::Shared;
 use crate::error::Result;
 use crate::storage::{Block, Segment, lock};
 use crate::topic::Topic;
-use crate::wal::Shared;
 
 type TopicBlock = (Arc<Topic>, Arc<Block>);
 

@@ -1,38 +1,26 @@
-//! The `Walrus` handle: opening and recovery, the topic registry, appends, polling reads,
-//! introspection and lifecycle.
+//! The `Walrus` handle, the crate's public face: appends, polling reads, subscriptions,
+//! consumer administration, introspection and close. The state it works on is in `engine`;
+//! opening and closing in `lifecycle`.
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::checkpoint::{self, CheckpointStore, Member};
-use crate::config::{Config, IoBackend, ReadConsistency, WalrusBuilder};
-use crate::durability::{self, Durability};
+use crate::config::{IoBackend, ReadConsistency, WalrusBuilder};
+use crate::consumer::ConsumerState;
+use crate::engine::{ConsumerKey, Shared, insert_topic, join_error, put_state};
 use crate::error::{Error, Result};
-use crate::io::{Io, Trace};
-use crate::reader::Cursor;
+use crate::lifecycle::{self, Inner, close_log};
+use crate::reader::{Cursor, Entry};
 use crate::retention;
-use crate::storage::{self, Allocator, lock};
-use crate::stream::{ConsumerState, TopicStream};
+use crate::storage::lock;
+use crate::stream::TopicStream;
 use crate::topic::{Payload, Request, Topic, validate_consumer, validate_topic};
-
-/// One entry of a topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// Position in its topic: dense, from 0.
-    pub offset: u64,
-    /// The payload; for entries read from disk, a zero-copy view of the memory-mapped file.
-    pub data: Bytes,
-}
 
 /// Counters of an open log. Counters count since this open.
 #[derive(Clone, Debug, Default)]
@@ -69,17 +57,6 @@ pub struct Stats {
     pub consumers: Vec<ConsumerLag>,
 }
 
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub appends: AtomicU64,
-    pub bytes_appended: AtomicU64,
-    pub batches: AtomicU64,
-    pub fsyncs: AtomicU64,
-    pub write_submissions: AtomicU64,
-    pub segments_deleted: AtomicU64,
-    pub checksum_failures: AtomicU64,
-}
-
 /// Backlog of one registered consumer, in [`Stats::consumers`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerLag {
@@ -89,71 +66,6 @@ pub struct ConsumerLag {
     pub consumer: String,
     /// Entries it has not acknowledged yet.
     pub lag: u64,
-}
-
-type ConsumerKey = (Arc<str>, Arc<str>);
-
-/// The outcome of `close`, awaited by every caller of it.
-type Closing = futures::future::Shared<
-    futures::future::BoxFuture<'static, std::result::Result<(), Arc<Error>>>,
->;
-
-/// State shared by the handle and the background tasks.
-pub(crate) struct Shared {
-    pub config: Config,
-    /// The runtime that opened the log: every task of the log runs there.
-    pub runtime: tokio::runtime::Handle,
-    pub dir: PathBuf,
-    pub io: Io,
-    pub alloc: Allocator,
-    pub durability: Durability,
-    pub stats: Counters,
-    pub checkpoints: Arc<CheckpointStore>,
-    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
-    consumers: Mutex<HashMap<ConsumerKey, Arc<ConsumerState>>>,
-    writers: Mutex<Vec<JoinHandle<()>>>,
-    closed: AtomicBool,
-    /// The close under way or done, shared by every `close` call.
-    closing: Mutex<Option<Closing>>,
-    /// The runtime that opened the log has shut down (its tasks were dropped unfinished).
-    runtime_gone: AtomicBool,
-    /// `close` ran to its end.
-    close_finished: AtomicBool,
-    stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The directory lock; the checkpoint writer holds it too, until its last write.
-    lock_file: Mutex<Option<Arc<File>>>,
-    /// Wakes the retention task (a checkpoint was persisted).
-    pub retention_wake: tokio::sync::Notify,
-    /// One retention pass at a time.
-    pub retention_lock: tokio::sync::Mutex<()>,
-    /// The checkpoint store was damaged or missing at open: no deletion on consumers' account.
-    pub checkpoint_damage: bool,
-    /// The checkpoint store's writer task.
-    checkpoint_task: Mutex<Option<JoinHandle<()>>>,
-    /// Segment files retention removed from the log whose unlink failed: retried every pass.
-    pub orphans: Mutex<Vec<PathBuf>>,
-}
-
-struct Inner {
-    shared: Arc<Shared>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // The last handle is gone without `close`: let the writers drain and exit, stop the
-        // durability task. The io_uring reaper is *not* stopped here: writes already queued must
-        // still complete; it ends by itself once the tasks holding the engine are gone. The
-        // directory lock goes with the last of them.
-        // A close under way finishes on its own, and still needs the checkpoint store.
-        if lock(&self.shared.closing).is_some() {
-            return;
-        }
-        self.shared.stop_accepting();
-        self.shared.stop.send_replace(true);
-        // Its writer task writes what is queued, then ends (and lets go of the lock).
-        self.shared.checkpoints.close();
-    }
 }
 
 /// An open write-ahead log.
@@ -210,31 +122,18 @@ impl Drop for UndoCheckpoint {
     }
 }
 
-/// Maps an instance key to one directory name: `ns-` followed by the key with every byte
-/// outside `[A-Za-z0-9_-]` percent-encoded. Injective (distinct keys never share a directory),
-/// and never `.`, `..` or anything with a `/`.
-pub(crate) fn namespace_dir(key: &str) -> Result<String> {
-    let mut name = String::from("ns-");
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            name.push(b as char);
-        } else {
-            name.push_str(&format!("%{b:02X}"));
-        }
-    }
-    if name.len() > 240 {
-        return Err(Error::InvalidKey {
-            key: key.chars().take(64).collect::<String>() + "…",
-            reason: "too long: its directory name would pass 240 bytes",
-        });
-    }
-    Ok(name)
-}
-
-fn dir_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::DataDir {
-        path: path.to_path_buf(),
-        source,
+impl WalrusBuilder {
+    /// Opens (creating or recovering) the log. Its tasks run on the calling Tokio runtime;
+    /// if that runtime shuts down before the log is closed, every call on its handles fails
+    /// with [`Error::RuntimeGone`].
+    ///
+    /// # Cancellation
+    /// As [`Walrus::open`].
+    pub async fn open(self) -> Result<Walrus> {
+        let config = self.resolve()?;
+        Ok(Walrus {
+            inner: lifecycle::open(config).await?,
+        })
     }
 }
 
@@ -258,132 +157,6 @@ impl Walrus {
     /// A builder for every setting.
     pub fn builder() -> WalrusBuilder {
         WalrusBuilder::default()
-    }
-
-    pub(crate) async fn open_with(config: Config) -> Result<Walrus> {
-        let dir = match &config.key {
-            Some(k) => config.data_dir.join(namespace_dir(k)?),
-            None => config.data_dir.clone(),
-        };
-        #[cfg(feature = "failpoints")]
-        let trace = Trace::new(config.fail_points.clone());
-        #[cfg(not(feature = "failpoints"))]
-        let trace = Trace::default();
-        let (lock_file, recovered, (checkpoints, checkpoint_report)) = {
-            let dir = dir.clone();
-            let data_dir = config.data_dir.clone();
-            let trace = trace.clone();
-            crate::io::blocking(move || Ok(prepare(&data_dir, &dir, trace)))
-                .await
-                .map_err(Error::Io)??
-        };
-        let io = Io::select(
-            config.io_backend,
-            config.inline_write_max,
-            config.uncached_write_min,
-            trace.clone(),
-        )?;
-        tracing::info!(backend = io.kind().name(), dir = %dir.display(), "I/O backend selected");
-
-        let alloc = Allocator::new(
-            dir.clone(),
-            config.segment_bytes,
-            config.block_bytes,
-            &recovered.segments,
-            recovered.max_ms,
-            recovered.log_id,
-            trace,
-        );
-        let (durability, durability_rx) = Durability::new();
-        let (stop, stop_rx) = watch::channel(false);
-        let stats = Counters::default();
-        stats
-            .checksum_failures
-            .store(recovered.checksum_failures, Ordering::Relaxed);
-        let mut topics = HashMap::new();
-        let mut entries = 0u64;
-        let mut floors = checkpoints.max_per_topic();
-        let mut names: Vec<String> = recovered.topics.keys().cloned().collect();
-        names.extend(
-            floors
-                .keys()
-                .filter(|t| !recovered.topics.contains_key(*t))
-                .cloned(),
-        );
-        let mut recovered_topics = recovered.topics;
-        for name in names {
-            let blocks = recovered_topics.remove(&name).unwrap_or_default();
-            let floor = floors.remove(&name).unwrap_or(0);
-            let topic = build_topic(name, blocks, floor);
-            entries += topic.entries_between(topic.oldest.load(Ordering::Relaxed), topic.visible());
-            topics.insert(topic.name.clone(), Arc::new(topic));
-        }
-        tracing::info!(
-            dir = %dir.display(),
-            segments = recovered.segments.len(),
-            topics = topics.len(),
-            entries,
-            checksum_failures = recovered.checksum_failures,
-            "log opened"
-        );
-        let shared = Arc::new(Shared {
-            config,
-            runtime: tokio::runtime::Handle::current(),
-            dir,
-            io,
-            alloc,
-            durability,
-            stats,
-            checkpoints: Arc::new(checkpoints),
-            topics: RwLock::new(topics),
-            consumers: Mutex::new(HashMap::new()),
-            writers: Mutex::new(Vec::new()),
-            closed: AtomicBool::new(false),
-            closing: Mutex::new(None),
-            runtime_gone: AtomicBool::new(false),
-            close_finished: AtomicBool::new(false),
-            stop,
-            tasks: Mutex::new(Vec::new()),
-            lock_file: Mutex::new(Some(Arc::new(lock_file))),
-            retention_wake: tokio::sync::Notify::new(),
-            retention_lock: tokio::sync::Mutex::new(()),
-            checkpoint_damage: checkpoint_report.damaged,
-            checkpoint_task: Mutex::new(None),
-            orphans: Mutex::new(Vec::new()),
-        });
-        let checkpoint_writer = checkpoint::run(
-            shared.checkpoints.clone(),
-            shared.io.clone(),
-            lock(&shared.lock_file).clone(),
-        );
-        *lock(&shared.checkpoint_task) = Some(tokio::spawn(checkpoint_writer));
-        let wal = Walrus {
-            inner: Arc::new(Inner {
-                shared: shared.clone(),
-            }),
-        };
-        // Files of earlier lifetimes that every consumer has passed go now. A failure here is
-        // no reason to refuse the log: the background task retries.
-        match retention::pass(&shared).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "reclaimed segments consumed before this open"),
-            Err(e) => tracing::warn!(error = %e, "reclaiming at open failed; retrying later"),
-        }
-        let watch = RuntimeWatch {
-            shared: Arc::downgrade(&shared),
-            finished: false,
-        };
-        let durability = tokio::spawn({
-            let shared = shared.clone();
-            async move {
-                let mut watch = watch; // the whole guard, not just a field, lives in the task
-                durability::run(shared, durability_rx, stop_rx).await;
-                watch.finished = true;
-            }
-        });
-        let retention = tokio::spawn(retention::run(shared.clone(), shared.stop.subscribe()));
-        lock(&shared.tasks).extend([durability, retention]);
-        Ok(wal)
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -1045,366 +818,4 @@ impl Walrus {
             .clone();
         closing.await.map_err(|e| e.duplicate())
     }
-}
-
-/// How long `close` waits for a consuming read in flight.
-const CLOSE_POLL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The work of [`Walrus::close`], a task of the log.
-async fn close_log(shared: Arc<Shared>) -> Result<()> {
-    shared.stop_accepting();
-    let writers: Vec<_> = std::mem::take(&mut *lock(&shared.writers));
-    for w in writers {
-        let _ = w.await;
-    }
-    let mut result = Ok(());
-    let states: Vec<_> = lock(&shared.consumers).values().cloned().collect();
-    // Polling reads in flight finish (or are dropped and queue their undo) first. Bounded: a
-    // read future kept but never polled again must not hold the close forever.
-    for state in &states {
-        if tokio::time::timeout(CLOSE_POLL_WAIT, state.poll.lock())
-            .await
-            .is_err()
-        {
-            tracing::warn!(topic = %state.topic, "a consuming read still in flight at close: if it is dropped later, its checkpoint is not taken back");
-        }
-    }
-    // Persist consumer positions that AtLeastOnce has not written yet: all queued, then
-    // awaited, so they share the checkpoint writer's group commits.
-    let mut persists = Vec::new();
-    for state in &states {
-        let acked = state.acked.load(Ordering::Acquire);
-        let persisted = shared
-            .checkpoints
-            .member(&state.topic, &state.name)
-            .filter(|m| m.epoch == state.epoch)
-            .map_or(state.start, |m| m.offset);
-        if acked > persisted {
-            let queued = shared.checkpoints.persist(
-                &state.topic,
-                &state.name,
-                state.epoch,
-                acked,
-                persisted,
-            );
-            persists.push(queued);
-        }
-    }
-    for p in persists {
-        if let Err(e) = async { p?.wait().await }.await {
-            result = Err(e);
-        }
-    }
-    if let Err(e) = shared.durability.sync_all().await
-        && result.is_ok()
-    {
-        result = Err(e);
-    }
-    // Registrations, removals and dropped streams' checkpoints still queued are written
-    // before the lock is let go.
-    shared.checkpoints.close();
-    let writer = lock(&shared.checkpoint_task).take();
-    if let Some(w) = writer {
-        let _ = w.await;
-    }
-    shared.stop.send_replace(true);
-    let tasks: Vec<_> = std::mem::take(&mut *lock(&shared.tasks));
-    for t in tasks {
-        let _ = t.await;
-    }
-    shared.alloc.discard_spare().await;
-    shared.io.shutdown();
-    lock(&shared.lock_file).take();
-    shared.close_finished.store(true, Ordering::Release);
-    tracing::info!(dir = %shared.dir.display(), "log closed");
-    result
-}
-
-impl Shared {
-    /// Spawns `fut` on the runtime that opened the log.
-    pub(crate) fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.runtime.spawn(fut)
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// Whether the runtime that opened the log has shut down.
-    pub(crate) fn runtime_gone(&self) -> bool {
-        self.runtime_gone.load(Ordering::Acquire)
-    }
-
-    /// Why a task of the log did not answer: the log was closed, or its runtime is gone.
-    pub(crate) fn stopped(&self) -> Error {
-        if self.is_closed() && !self.runtime_gone() {
-            Error::Closed
-        } else {
-            Error::RuntimeGone
-        }
-    }
-
-    /// After the log's runtime is gone: refuse everything and let go of what needs no task
-    /// (the directory lock, the checkpoint store's queue).
-    fn abandon(&self) {
-        self.runtime_gone.store(true, Ordering::Release);
-        self.stop_accepting();
-        self.checkpoints.runtime_gone();
-        self.stop.send_replace(true);
-        self.io.shutdown();
-        lock(&self.lock_file).take();
-    }
-
-    /// Fires when the log is closed or its last handle dropped.
-    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
-        self.stop.subscribe()
-    }
-
-    pub(crate) fn all_topics(&self) -> Vec<Arc<Topic>> {
-        self.topics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    pub(crate) fn consumer_state(&self, topic: &Arc<Topic>, consumer: &str) -> Arc<ConsumerState> {
-        let mut consumers = lock(&self.consumers);
-        let member = self.checkpoints.member(&topic.name, consumer);
-        self.state_locked(&mut consumers, topic, consumer, member)
-    }
-
-    /// The state of `consumer`'s current registration `member`, created if the one held is
-    /// of an earlier registration (removed or reset since) or there is none.
-    fn state_locked(
-        &self,
-        consumers: &mut HashMap<ConsumerKey, Arc<ConsumerState>>,
-        topic: &Arc<Topic>,
-        consumer: &str,
-        member: Option<Member>,
-    ) -> Arc<ConsumerState> {
-        let key: ConsumerKey = (topic.name.clone(), Arc::from(consumer));
-        let epoch = member.map_or(0, |m| m.epoch);
-        if let Some(s) = consumers.get(&key)
-            && s.epoch == epoch
-        {
-            return s.clone();
-        }
-        // A checkpoint below `oldest` is kept: its reader reports `Truncated` once.
-        let at = member.map_or_else(|| topic.oldest.load(Ordering::Acquire), |m| m.offset);
-        put_state(consumers, key, epoch, at)
-    }
-
-    /// The default consumer pins its data from its first read on.
-    pub(crate) fn pin_reader(&self, state: &ConsumerState) {
-        if !state.reading.load(Ordering::Acquire) {
-            // Under the consumers lock, so retention's last look before a deletion sees it.
-            let _consumers = lock(&self.consumers);
-            state.reading.store(true, Ordering::Release);
-        }
-    }
-
-    /// Per topic, the lowest offset any consumer may still read from: registered consumers'
-    /// durable and pending checkpoints, and default consumers that are reading. Call with the
-    /// consumers lock held when the answer must stay true until a deletion is committed.
-    pub(crate) fn consumer_pins(
-        &self,
-        consumers: &HashMap<ConsumerKey, Arc<ConsumerState>>,
-    ) -> HashMap<String, u64> {
-        let mut pins = self.checkpoints.pins();
-        for s in consumers.values() {
-            if s.name.is_empty() && s.reading.load(Ordering::Acquire) {
-                let e = pins.entry(s.topic.to_string()).or_insert(u64::MAX);
-                *e = (*e).min(s.acked.load(Ordering::Acquire));
-            }
-        }
-        pins
-    }
-
-    /// Runs `f` with the consumers lock held (see [`consumer_pins`](Self::consumer_pins)).
-    pub(crate) fn with_consumers<R>(
-        &self,
-        f: impl FnOnce(&HashMap<ConsumerKey, Arc<ConsumerState>>) -> R,
-    ) -> R {
-        f(&lock(&self.consumers))
-    }
-
-    /// Durably records a consumer's checkpoint and lets retention look again.
-    pub(crate) async fn persist_checkpoint(&self, state: &ConsumerState, next: u64) -> Result<()> {
-        self.checkpoints
-            .persist(
-                &state.topic,
-                &state.name,
-                state.epoch,
-                next,
-                state.start.min(next),
-            )?
-            .wait()
-            .await?;
-        self.retention_wake.notify_one();
-        Ok(())
-    }
-
-    /// Refuses new appends and closes every writer queue (queued requests still run).
-    fn stop_accepting(&self) {
-        let topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
-        self.closed.store(true, Ordering::Release);
-        for t in topics.values() {
-            lock(&t.tx).take();
-        }
-    }
-}
-
-/// Held by the durability task, which lives as long as the log: dropped without being
-/// forgotten means the task was dropped unfinished, which happens when its runtime shuts down.
-/// Then every caller is told so, instead of waiting for tasks that no longer exist.
-struct RuntimeWatch {
-    shared: std::sync::Weak<Shared>,
-    finished: bool,
-}
-
-impl Drop for RuntimeWatch {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        // Also when a close had started: it cannot finish without the runtime either.
-        if let Some(shared) = self.shared.upgrade()
-            && !shared.close_finished.load(Ordering::Acquire)
-        {
-            tracing::warn!(dir = %shared.dir.display(), "the runtime that opened this log has shut down; calls on its handles now fail with RuntimeGone");
-            shared.abandon();
-        }
-    }
-}
-
-/// A new state for a consumer's registration `epoch`, at `at`, replacing the one held.
-fn put_state(
-    consumers: &mut HashMap<ConsumerKey, Arc<ConsumerState>>,
-    key: ConsumerKey,
-    epoch: u64,
-    at: u64,
-) -> Arc<ConsumerState> {
-    let state = Arc::new(ConsumerState::new(key.0.clone(), key.1.clone(), epoch, at));
-    consumers.insert(key, state.clone());
-    state
-}
-
-/// What a task of the log that did not finish means to its caller: its runtime shut down (or
-/// it panicked, which is a bug).
-pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
-    if e.is_cancelled() {
-        Error::RuntimeGone
-    } else {
-        Error::Io(io::Error::other(format!("a task of the log panicked: {e}")))
-    }
-}
-
-/// The topic `name`, created empty (offsets from 0) if the registry has none.
-fn insert_topic(topics: &mut HashMap<Arc<str>, Arc<Topic>>, name: &str) -> Arc<Topic> {
-    topics
-        .entry(Arc::from(name))
-        .or_insert_with(|| Arc::new(Topic::new(Arc::from(name), 0)))
-        .clone()
-}
-
-/// Creates the directories, takes the lock, recovers segments and loads checkpoints.
-fn prepare(
-    data_dir: &Path,
-    dir: &Path,
-    trace: Trace,
-) -> Result<(
-    File,
-    storage::Recovered,
-    (CheckpointStore, checkpoint::OpenReport),
-)> {
-    if data_dir.exists() && !data_dir.is_dir() {
-        return Err(Error::DataDir {
-            path: data_dir.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-        });
-    }
-    // Directories this open creates: each entry is durable only once its parent is synced.
-    let mut created = Vec::new();
-    let mut missing = Some(dir);
-    while let Some(d) = missing.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        created.push(d.to_path_buf());
-        missing = d.parent();
-    }
-    std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
-    for d in created.iter().rev() {
-        let parent = match d.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        crate::io::sync_dir(&trace, parent).map_err(dir_error(parent))?;
-    }
-    let lock_path = dir.join("LOCK");
-    let lock_file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(dir_error(dir))?;
-    match lock_file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(Error::Locked {
-                path: dir.to_path_buf(),
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(dir_error(dir)(e)),
-    }
-    let log_id = storage::log_id(dir, &trace)?;
-    let recovered = storage::recover(dir, log_id, &trace).map_err(dir_error(dir))?;
-    let checkpoints = CheckpointStore::open(dir, trace).map_err(dir_error(dir))?;
-    Ok((lock_file, recovered, checkpoints))
-}
-
-/// Builds a topic from its recovered blocks (sorted by first offset).
-///
-/// `floor` is the highest persisted checkpoint of any consumer of the topic: offsets below it
-/// were handed out before, even if a power failure took their entries (an unsynced tail).
-/// Handing them out again would make that consumer skip the new entries.
-fn build_topic(name: String, blocks: Vec<storage::RecoveredBlock>, floor: u64) -> Topic {
-    let mut runs: Vec<Range<u64>> = blocks.iter().flat_map(|b| b.runs.clone()).collect();
-    runs.sort_by_key(|r| r.start);
-    let headers_end = blocks
-        .iter()
-        .map(|b| b.block.first_offset)
-        .max()
-        .unwrap_or(0);
-    let runs_end = runs.iter().map(|r| r.end).max().unwrap_or(0);
-    let next = runs_end.max(headers_end).max(floor);
-    let oldest = runs.first().map_or(next, |r| r.start);
-    // Past the last entry lie only offsets that hold none: readers may look up to `next`.
-    let topic = Topic::new(Arc::from(name.as_str()), next);
-    let mut prev = oldest;
-    for r in &runs {
-        if r.start > prev {
-            topic.add_gap(prev..r.start);
-        }
-        prev = prev.max(r.end);
-    }
-    if next > prev {
-        topic.add_gap(prev..next);
-    }
-    topic.oldest.store(oldest, Ordering::Release);
-    topic.bytes.store(
-        blocks
-            .iter()
-            .map(|b| b.block.bytes.load(Ordering::Relaxed))
-            .sum::<u64>(),
-        Ordering::Relaxed,
-    );
-    for b in blocks {
-        topic.push_block(b.block);
-    }
-    topic
 }

@@ -26,11 +26,11 @@ use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FsyncSchedule;
+use crate::engine::Shared;
 use crate::error::Error;
 use crate::format::{self, BlockHeader, FrameBuilder, MAX_FRAME_PAYLOAD};
 use crate::storage::{Block, Segment};
 use crate::topic::{Payload, Request, Topic};
-use crate::wal::Shared;
 
 /// Buffers above this size are not kept between groups, so one huge batch does not pin memory.
 const KEEP_BUF: usize = 4 << 20;
