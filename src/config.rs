@@ -89,13 +89,17 @@ pub const DEFAULT_MAX_ENTRY_BYTES: usize = 16 << 20;
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 << 20;
 /// Default `max_batch_entries`: 1 Mi entries.
 pub const DEFAULT_MAX_BATCH_ENTRIES: usize = 1 << 20;
-/// Default `queue_capacity`: 1024 requests per topic.
+/// Default `queue_capacity`: 1024 requests (the log's writer queue).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// Default `segment_bytes`: 64 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Smallest accepted `segment_bytes`: 64 KiB.
 pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
-/// Default `block_bytes`: 1 MiB.
+/// Default `block_bytes` of format version 2. Format 3 has no blocks.
+#[deprecated(
+    since = "0.2.0",
+    note = "format version 3 has no blocks: every topic appends to one shared commit stream"
+)]
 pub const DEFAULT_BLOCK_BYTES: u64 = 1 << 20;
 /// Default `inline_write_max`: 256 KiB.
 pub const DEFAULT_INLINE_WRITE_MAX: usize = 256 << 10;
@@ -137,7 +141,6 @@ pub struct WalrusBuilder {
     pub(crate) inline_write_max: Option<usize>,
     pub(crate) uncached_write_min: Option<usize>,
     pub(crate) segment_bytes: Option<u64>,
-    pub(crate) block_bytes: Option<u64>,
     pub(crate) retention_bytes: Option<u64>,
     pub(crate) retention_age: Option<std::time::Duration>,
     #[cfg(feature = "failpoints")]
@@ -159,7 +162,6 @@ pub(crate) struct Config {
     pub inline_write_max: usize,
     pub uncached_write_min: usize,
     pub segment_bytes: u64,
-    pub block_bytes: u64,
     pub retention_bytes: Option<u64>,
     pub retention_age: Option<std::time::Duration>,
     #[cfg(feature = "failpoints")]
@@ -221,8 +223,8 @@ impl WalrusBuilder {
         self
     }
 
-    /// Capacity of each topic's writer queue; a full queue makes `append` wait (backpressure).
-    /// It also bounds how many requests one group commit takes. Default: 1024; at most 1 Mi
+    /// Capacity of the log's writer queue (one for all topics); a full queue makes `append`
+    /// wait (backpressure). It also bounds how many requests one group commit takes. Default: 1024; at most 1 Mi
     /// (more is [`Error::InvalidConfig`]).
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = Some(n);
@@ -276,11 +278,15 @@ impl WalrusBuilder {
         self
     }
 
-    /// Size of one block, the unit a segment is shared out in among topics. Default: 1 MiB,
-    /// rounded up to 4 KiB and capped by the segment size. Small blocks waste less space per
-    /// idle topic; large ones roll less often.
-    pub fn block_bytes(mut self, n: u64) -> Self {
-        self.block_bytes = Some(n);
+    /// Had a meaning in format version 2 (the unit a segment was shared out in among
+    /// topics); ignored since format 3, where the frames of all topics follow each other in
+    /// one commit stream and an idle topic reserves no space.
+    #[deprecated(
+        since = "0.2.0",
+        note = "format version 3 has no blocks: every topic appends to one shared commit stream; this setting is ignored"
+    )]
+    pub fn block_bytes(self, n: u64) -> Self {
+        let _ = n;
         self
     }
 
@@ -359,12 +365,6 @@ impl WalrusBuilder {
         }
         let page = crate::format::PAGE;
         let segment_bytes = segment_bytes.div_ceil(page) * page;
-        // Capped before rounding, so no value can overflow.
-        let block_bytes = self
-            .block_bytes
-            .unwrap_or(DEFAULT_BLOCK_BYTES)
-            .clamp(page, segment_bytes - page);
-        let block_bytes = block_bytes.div_ceil(page) * page;
         Ok(Config {
             data_dir,
             key,
@@ -380,7 +380,6 @@ impl WalrusBuilder {
                 .uncached_write_min
                 .unwrap_or(DEFAULT_UNCACHED_WRITE_MIN),
             segment_bytes,
-            block_bytes,
             retention_bytes: self.retention_bytes,
             retention_age: self.retention_age,
             #[cfg(feature = "failpoints")]

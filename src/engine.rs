@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::checkpoint::{CheckpointStore, Member};
@@ -20,7 +20,7 @@ use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::storage::{Allocator, lock};
-use crate::topic::Topic;
+use crate::topic::{Request, Topic};
 
 pub(crate) type ConsumerKey = (Arc<str>, Arc<str>);
 
@@ -42,7 +42,10 @@ pub(crate) struct Shared {
     pub(crate) checkpoints: Arc<CheckpointStore>,
     pub(crate) topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     pub(crate) consumers: Mutex<HashMap<ConsumerKey, Arc<ConsumerState>>>,
-    pub(crate) writers: Mutex<Vec<JoinHandle<()>>>,
+    /// The log writer's queue; `None` once the log stops taking appends.
+    pub(crate) writer_tx: RwLock<Option<mpsc::Sender<Request>>>,
+    /// The log writer's task.
+    pub(crate) writer: Mutex<Option<JoinHandle<()>>>,
     pub(crate) closed: AtomicBool,
     /// The close under way or done, shared by every `close` call.
     pub(crate) closing: Mutex<Option<Closing>>,
@@ -198,11 +201,9 @@ impl Shared {
 
     /// Refuses new appends and closes every writer queue (queued requests still run).
     pub(crate) fn stop_accepting(&self) {
-        let topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let mut tx = self.writer_tx.write().unwrap_or_else(|p| p.into_inner());
         self.closed.store(true, Ordering::Release);
-        for t in topics.values() {
-            lock(&t.tx).take();
-        }
+        tx.take();
     }
 }
 

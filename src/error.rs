@@ -129,6 +129,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// The directory holds segment files of an on-disk format version this crate does not
+    /// read (an older walrus-async wrote them). Nothing in the directory was changed: open it
+    /// with the version that wrote it, and move its data over through the API if it is still
+    /// needed.
+    #[error(
+        "{path} is in on-disk format version {found}; this walrus-async reads version {supported} only (nothing in the directory was changed)"
+    )]
+    UnsupportedFormat {
+        /// The first segment file found in that format.
+        path: PathBuf,
+        /// The version the file carries.
+        found: u16,
+        /// The version this crate reads and writes.
+        supported: u16,
+    },
+
     /// An fsync (fdatasync) failed. Data written to `path` since its last successful sync may be
     /// lost, so the file takes no more appends; later syncs keep reporting the failure rather
     /// than pretend the lost data is durable.
@@ -200,7 +216,7 @@ impl From<Error> for io::Error {
             | Error::BatchTooLarge { .. } => io::ErrorKind::InvalidInput,
             Error::ConsumerBusy { .. } | Error::Locked { .. } => io::ErrorKind::WouldBlock,
             Error::Truncated { .. } => io::ErrorKind::NotFound,
-            Error::Corrupt { .. } => io::ErrorKind::InvalidData,
+            Error::Corrupt { .. } | Error::UnsupportedFormat { .. } => io::ErrorKind::InvalidData,
             Error::SyncFailed { .. } | Error::BackendUnavailable { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)

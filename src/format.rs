@@ -1,4 +1,4 @@
-//! The bytes on disk: segment headers, block headers and frames.
+//! The bytes on disk: segment headers and frames.
 //!
 //! This module is pure and synchronous: it encodes into caller-provided buffers and decodes from
 //! byte slices. Every decoder takes untrusted input (a file may be torn, zeroed, bit-flipped or
@@ -8,34 +8,39 @@
 //! `docs/FORMAT.md` documents every byte; keep the two in step.
 //!
 //! ```text
-//! segment file  = segment header (padded to 4096) , block* , unwritten space
-//! block         = block header , topic name , padding to 8 , frame* , zeros
-//! frame         = frame header (24 bytes) , payload
+//! segment file  = segment header (padded to 4096) , frame* , unwritten space
+//! frame         = frame header (44 bytes) , topic name , payload , zero padding to 8
 //! payload       = ( varint(len) , len bytes )*      -- `count` entries
 //! ```
 //!
-//! Every block starts at a multiple of [`PAGE`] and its length is a multiple of [`PAGE`], so
-//! recovery can find blocks that follow a block that was allocated but never written by probing
-//! page boundaries. Block headers and frames are checksummed with CRC32 seeded by a salt derived
-//! from the segment's random id and the block's position: stale bytes from another file or
-//! another position never validate, so torn-tail detection does not rely on zeroed space.
+//! Segments are one shared, append-only commit stream: the frames of every topic follow each
+//! other in the order they were written, each tagged with its topic, its first offset, its
+//! append time and the position of the previous frame of the same topic in the segment (so a
+//! reader walks one topic's frames without reading the others'). Frames start at multiples of
+//! 8 and carry two checksums, seeded by the segment's random id and the frame's position: one
+//! over the header and topic name, one over the payload. Stale bytes from another file or
+//! another position never validate, so torn-tail detection does not rely on zeroed space, and
+//! after damage the next frame can be found again by trying each 8-byte position (cheap: the
+//! header checksum covers 44 bytes and the name).
 
 use std::fmt;
 
-/// Alignment of blocks inside a segment file, and size of the segment header area.
+/// Size of the segment header area: the first frame starts here.
 pub const PAGE: u64 = 4096;
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WALRUSAS";
-/// Magic at the start of every block.
-pub const BLOCK_MAGIC: [u8; 4] = *b"WBLK";
-/// On-disk format version written by this crate (2: segment headers carry the log id).
-pub const FORMAT_VERSION: u16 = 2;
-/// Bytes of the segment header that carry data (the rest of the first page is zero).
+/// On-disk format version written and read by this crate (3: one commit stream of frames
+/// tagged with their topic and time; 2: per-topic blocks; 1: no log id).
+pub const FORMAT_VERSION: u16 = 3;
+/// Bytes of the segment header that carry data.
 pub const SEGMENT_HEADER_LEN: usize = 56;
-/// Fixed part of a block header; the topic name follows.
-pub const BLOCK_HEADER_FIXED: usize = 40;
-/// Size of a frame header.
-pub const FRAME_HEADER_LEN: usize = 24;
+/// Where the second copy of the segment header starts: every frame checksum is seeded with
+/// the segment id, so without a readable header nothing in the file could be verified.
+pub const SEGMENT_HEADER_COPY: usize = 2048;
+/// Fixed part of a frame header; the topic name follows.
+pub const FRAME_HEADER_LEN: usize = 44;
+/// Frames start at multiples of this.
+pub const FRAME_ALIGN: u64 = 8;
 /// Frame kind: a group of entries (single appends coalesced, or one atomic batch).
 pub const FRAME_KIND_ENTRIES: u8 = 1;
 /// Longest topic name in bytes.
@@ -89,11 +94,11 @@ pub fn align_up(n: u64, to: u64) -> Option<u64> {
     Some(n.checked_add(to - 1)? & !(to - 1))
 }
 
-/// The checksum seed of a block: ties every block header and frame to one file and one position.
-pub fn block_salt(segment_id: u64, block_pos: u64) -> u32 {
+/// The checksum seed of a frame: ties it to one file and one position.
+pub fn frame_salt(segment_id: u64, pos: u64) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&segment_id.to_le_bytes());
-    h.update(&block_pos.to_le_bytes());
+    h.update(&pos.to_le_bytes());
     h.finalize()
 }
 
@@ -128,7 +133,29 @@ impl SegmentHeader {
         out[48..52].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Decodes a segment header from the start of a file.
+    /// Encodes both copies into the first `SEGMENT_HEADER_COPY + SEGMENT_HEADER_LEN` bytes.
+    pub fn encode_page(&self) -> Vec<u8> {
+        let mut h = [0u8; SEGMENT_HEADER_LEN];
+        self.encode(&mut h);
+        let mut out = vec![0u8; SEGMENT_HEADER_COPY + SEGMENT_HEADER_LEN];
+        out[..SEGMENT_HEADER_LEN].copy_from_slice(&h);
+        out[SEGMENT_HEADER_COPY..].copy_from_slice(&h);
+        out
+    }
+
+    /// Decodes the segment header from the first page of a file: the first copy, else the
+    /// second (the first copy's error if neither decodes).
+    pub fn decode_page(b: &[u8]) -> Result<SegmentHeader, DecodeError> {
+        match SegmentHeader::decode(b) {
+            Ok(h) => Ok(h),
+            Err(e) => b
+                .get(SEGMENT_HEADER_COPY..)
+                .and_then(|copy| SegmentHeader::decode(copy).ok())
+                .ok_or(e),
+        }
+    }
+
+    /// Decodes one copy of a segment header from the start of `b`.
     pub fn decode(b: &[u8]) -> Result<SegmentHeader, DecodeError> {
         let h = b.get(..SEGMENT_HEADER_LEN).ok_or(DecodeError::Short)?;
         if h.iter().all(|&x| x == 0) {
@@ -154,100 +181,6 @@ impl SegmentHeader {
             created_ms: le_u64(h, 24).ok_or(DecodeError::Short)?,
             len: le_u64(h, 32).ok_or(DecodeError::Short)?,
             log_id: le_u64(h, 40).ok_or(DecodeError::Short)?,
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Block header
-
-/// The header that starts every block; a block holds frames of one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockHeader<'a> {
-    /// Id of the segment the block lives in.
-    pub segment_id: u64,
-    /// Length of the block in bytes, a multiple of [`PAGE`].
-    pub len: u64,
-    /// Topic offset of the first entry written into the block.
-    pub first_offset: u64,
-    /// Topic name, 1..=255 bytes of UTF-8.
-    pub topic: &'a str,
-}
-
-/// Size of the block header for a topic name of `topic_len` bytes: where its first frame starts.
-pub fn block_header_len(topic_len: usize) -> usize {
-    (BLOCK_HEADER_FIXED + topic_len + 7) & !7
-}
-
-impl<'a> BlockHeader<'a> {
-    /// Appends the encoded header (with padding) to `out`. `block_pos` seeds the checksum.
-    pub fn encode(&self, block_pos: u64, out: &mut Vec<u8>) {
-        let start = out.len();
-        let topic = self.topic.as_bytes();
-        debug_assert!(!topic.is_empty() && topic.len() <= MAX_TOPIC_LEN);
-        out.extend_from_slice(&BLOCK_MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
-        out.extend_from_slice(&self.segment_id.to_le_bytes());
-        out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&self.first_offset.to_le_bytes());
-        let mut h = crc32fast::Hasher::new_with_initial(block_salt(self.segment_id, block_pos));
-        h.update(&out[start..start + 32]);
-        h.update(topic);
-        out.extend_from_slice(&h.finalize().to_le_bytes());
-        out.extend_from_slice(&[0u8; 4]);
-        out.extend_from_slice(topic);
-        out.resize(start + block_header_len(topic.len()), 0);
-    }
-
-    /// Decodes the block header at the start of `b`, which sits at `block_pos` in its file.
-    pub fn decode(b: &'a [u8], block_pos: u64) -> Result<BlockHeader<'a>, DecodeError> {
-        let fixed = b.get(..BLOCK_HEADER_FIXED).ok_or(DecodeError::Short)?;
-        if fixed.iter().all(|&x| x == 0) {
-            return Err(DecodeError::Zero);
-        }
-        if fixed[0..4] != BLOCK_MAGIC {
-            return Err(DecodeError::Magic);
-        }
-        let version = le_u16(fixed, 4).ok_or(DecodeError::Short)?;
-        let topic_len = le_u16(fixed, 6).ok_or(DecodeError::Short)? as usize;
-        if topic_len == 0 || topic_len > MAX_TOPIC_LEN {
-            return Err(DecodeError::Field("topic length"));
-        }
-        let segment_id = le_u64(fixed, 8).ok_or(DecodeError::Short)?;
-        let topic = b
-            .get(BLOCK_HEADER_FIXED..BLOCK_HEADER_FIXED + topic_len)
-            .ok_or(DecodeError::Short)?;
-        let crc = le_u32(fixed, 32).ok_or(DecodeError::Short)?;
-        let mut h = crc32fast::Hasher::new_with_initial(block_salt(segment_id, block_pos));
-        h.update(&fixed[0..32]);
-        h.update(topic);
-        if h.finalize() != crc {
-            return Err(DecodeError::Checksum);
-        }
-        if version != FORMAT_VERSION {
-            return Err(DecodeError::Version(version));
-        }
-        let padding = b
-            .get(BLOCK_HEADER_FIXED + topic_len..block_header_len(topic_len))
-            .ok_or(DecodeError::Short)?;
-        // Reserved bytes and padding are outside the checksum: they must be zero.
-        if fixed[36..40] != [0; 4] || padding.iter().any(|&x| x != 0) {
-            return Err(DecodeError::Field("reserved bytes"));
-        }
-        let len = le_u64(fixed, 16).ok_or(DecodeError::Short)?;
-        if len == 0 || len % PAGE != 0 || (len as usize) < block_header_len(topic_len) {
-            return Err(DecodeError::Field("block length"));
-        }
-        let topic = std::str::from_utf8(topic).map_err(|_| DecodeError::Field("topic name"))?;
-        if topic.contains('\0') {
-            return Err(DecodeError::Field("topic name"));
-        }
-        Ok(BlockHeader {
-            segment_id,
-            len,
-            first_offset: le_u64(fixed, 24).ok_or(DecodeError::Short)?,
-            topic,
         })
     }
 }
@@ -288,24 +221,40 @@ pub fn get_varint_u32(b: &[u8], pos: &mut usize) -> Option<u32> {
     None
 }
 
-/// Encodes frames into a buffer: reserve a header, push entries, then seal.
+/// Encodes one frame at the end of a buffer: begin (header and topic), push entries, finish.
 ///
-/// The writer actor reuses one `FrameWriter` buffer for every group, so the coalesced path does
-/// not allocate once the buffer has grown to its working size.
+/// The writer reuses one buffer for every group, so the coalesced path does not allocate once
+/// the buffer has grown to its working size. The buffer's frames must start at file positions
+/// that are multiples of [`FRAME_ALIGN`]; `finish` pads each frame so the next one does too.
 pub struct FrameBuilder {
     start: usize,
+    topic_len: usize,
     first_offset: u64,
+    timestamp: u64,
+    prev: u64,
     count: u32,
 }
 
 impl FrameBuilder {
-    /// Starts a frame at the end of `out`.
-    pub fn begin(out: &mut Vec<u8>, first_offset: u64) -> FrameBuilder {
+    /// Starts a frame of `topic` at the end of `out`. `prev` is the position of the topic's
+    /// previous frame in the same segment (0: none).
+    pub fn begin(
+        out: &mut Vec<u8>,
+        topic: &str,
+        first_offset: u64,
+        timestamp: u64,
+        prev: u64,
+    ) -> FrameBuilder {
+        debug_assert!(!topic.is_empty() && topic.len() <= MAX_TOPIC_LEN);
         let start = out.len();
         out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        out.extend_from_slice(topic.as_bytes());
         FrameBuilder {
             start,
+            topic_len: topic.len(),
             first_offset,
+            timestamp,
+            prev,
             count: 0,
         }
     }
@@ -322,43 +271,74 @@ impl FrameBuilder {
         self.count
     }
 
-    /// Fills in the header and checksum. The frame must hold at least one entry.
-    pub fn finish(self, out: &mut [u8], salt: u32) {
+    /// Fills in the header and checksums and pads the frame to [`FRAME_ALIGN`]. `salt` is
+    /// [`frame_salt`] of the frame's position. The frame must hold at least one entry.
+    pub fn finish(self, out: &mut Vec<u8>, salt: u32) {
         debug_assert!(self.count > 0);
-        let payload_len = (out.len() - self.start - FRAME_HEADER_LEN) as u32;
-        let h = &mut out[self.start..self.start + FRAME_HEADER_LEN];
-        h[4..8].copy_from_slice(&payload_len.to_le_bytes());
-        h[8..16].copy_from_slice(&self.first_offset.to_le_bytes());
-        h[16..20].copy_from_slice(&self.count.to_le_bytes());
-        h[20] = FRAME_KIND_ENTRIES;
+        let payload_start = self.start + FRAME_HEADER_LEN + self.topic_len;
+        let payload_len = (out.len() - payload_start) as u32;
         let mut hasher = crc32fast::Hasher::new_with_initial(salt);
-        hasher.update(&out[self.start + 4..]);
-        let crc = hasher.finalize();
-        out[self.start..self.start + 4].copy_from_slice(&crc.to_le_bytes());
+        hasher.update(&out[payload_start..]);
+        let payload_crc = hasher.finalize();
+        let h = &mut out[self.start..self.start + FRAME_HEADER_LEN];
+        h[4..8].copy_from_slice(&payload_crc.to_le_bytes());
+        h[8..12].copy_from_slice(&payload_len.to_le_bytes());
+        h[12..16].copy_from_slice(&self.count.to_le_bytes());
+        h[16..24].copy_from_slice(&self.first_offset.to_le_bytes());
+        h[24..32].copy_from_slice(&self.timestamp.to_le_bytes());
+        h[32..40].copy_from_slice(&self.prev.to_le_bytes());
+        h[40] = FRAME_KIND_ENTRIES;
+        h[41] = self.topic_len as u8;
+        let mut hasher = crc32fast::Hasher::new_with_initial(salt);
+        hasher.update(&out[self.start + 4..payload_start]);
+        let header_crc = hasher.finalize();
+        out[self.start..self.start + 4].copy_from_slice(&header_crc.to_le_bytes());
+        let padded = (out.len() + FRAME_ALIGN as usize - 1) & !(FRAME_ALIGN as usize - 1);
+        out.resize(padded, 0);
     }
 }
 
-/// Bytes a frame with entries of the given lengths takes on disk.
-pub fn frame_len(entry_lens: impl Iterator<Item = usize>) -> u64 {
-    FRAME_HEADER_LEN as u64
-        + entry_lens
-            .map(|l| (varint_len(l as u64) + l) as u64)
-            .sum::<u64>()
+/// Bytes a frame of a topic of `topic_len` bytes with entries of the given lengths takes on
+/// disk, padding included.
+pub fn frame_len(topic_len: usize, entry_lens: impl Iterator<Item = usize>) -> u64 {
+    padded(FRAME_HEADER_LEN as u64 + topic_len as u64 + payload_len(entry_lens))
 }
 
-/// A frame that decoded and passed its checksum.
+/// Payload bytes of entries of the given lengths (length prefixes included).
+pub fn payload_len(entry_lens: impl Iterator<Item = usize>) -> u64 {
+    entry_lens
+        .map(|l| (varint_len(l as u64) + l) as u64)
+        .sum::<u64>()
+}
+
+/// `n` rounded up to [`FRAME_ALIGN`].
+pub fn padded(n: u64) -> u64 {
+    (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+}
+
+/// A frame whose header decoded and passed its checksum (and, from [`decode_frame`], its
+/// payload too). Positions are absolute within the segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
-    /// Position of the frame header within the block.
+    /// Position of the frame header.
     pub pos: usize,
     /// Topic offset of the first entry.
     pub first_offset: u64,
     /// Number of entries (at least one).
     pub count: u32,
-    /// Where the payload starts within the block.
+    /// Append time, epoch milliseconds.
+    pub timestamp: u64,
+    /// Position of the previous frame of the same topic in this segment; 0: none.
+    pub prev: u64,
+    /// Length of the topic name, which starts at `pos + FRAME_HEADER_LEN`.
+    pub topic_len: usize,
+    /// Where the payload starts.
     pub payload_start: usize,
-    /// Where the frame ends within the block (next frame's position).
+    /// Where the payload ends.
     pub end: usize,
+    /// Where the next frame starts (`end` padded to [`FRAME_ALIGN`]).
+    pub next: usize,
+    payload_crc: u32,
 }
 
 impl Frame {
@@ -366,52 +346,117 @@ impl Frame {
     pub fn end_offset(&self) -> u64 {
         self.first_offset.saturating_add(u64::from(self.count))
     }
+
+    /// The topic name's bytes (valid UTF-8 once decoded).
+    pub fn topic<'a>(&self, segment: &'a [u8]) -> &'a [u8] {
+        let start = self.pos + FRAME_HEADER_LEN;
+        segment.get(start..start + self.topic_len).unwrap_or(&[])
+    }
 }
 
-/// Decodes and verifies the frame at `pos` in `block`, looking no further than `limit`.
-pub fn decode_frame(
-    block: &[u8],
+/// Decodes and verifies the header (and topic name) of the frame at `pos` of a segment whose
+/// id is `segment_id`, looking no further than `limit`. The payload is not verified: use
+/// [`decode_frame`] before reading entries.
+pub fn decode_header(
+    segment: &[u8],
     pos: usize,
     limit: usize,
-    salt: u32,
+    segment_id: u64,
 ) -> Result<Frame, DecodeError> {
-    let region = block.get(..limit).ok_or(DecodeError::Short)?;
-    let h = region
-        .get(
-            pos..pos
-                .checked_add(FRAME_HEADER_LEN)
-                .ok_or(DecodeError::Short)?,
-        )
+    let region = segment
+        .get(..limit.min(segment.len()))
         .ok_or(DecodeError::Short)?;
+    let fixed_end = pos
+        .checked_add(FRAME_HEADER_LEN)
+        .ok_or(DecodeError::Short)?;
+    let h = region.get(pos..fixed_end).ok_or(DecodeError::Short)?;
     if h.iter().all(|&x| x == 0) {
         return Err(DecodeError::Zero);
     }
-    let payload_len = le_u32(h, 4).ok_or(DecodeError::Short)? as usize;
-    let payload_start = pos + FRAME_HEADER_LEN;
-    let end = payload_start
-        .checked_add(payload_len)
+    if !(pos as u64).is_multiple_of(FRAME_ALIGN) {
+        return Err(DecodeError::Field("frame position"));
+    }
+    // Cheap checks first: finding the next frame after damage tries every aligned position.
+    if h[40] != FRAME_KIND_ENTRIES || h[42..44] != [0, 0] {
+        return Err(DecodeError::Field("frame kind"));
+    }
+    let topic_len = usize::from(h[41]);
+    if topic_len == 0 {
+        return Err(DecodeError::Field("topic length"));
+    }
+    let payload_start = fixed_end + topic_len;
+    let topic = region
+        .get(fixed_end..payload_start)
         .ok_or(DecodeError::Short)?;
-    let payload = region.get(payload_start..end).ok_or(DecodeError::Short)?;
-    let mut hasher = crc32fast::Hasher::new_with_initial(salt);
+    let mut hasher = crc32fast::Hasher::new_with_initial(frame_salt(segment_id, pos as u64));
     hasher.update(&h[4..]);
-    hasher.update(payload);
+    hasher.update(topic);
     if hasher.finalize() != le_u32(h, 0).ok_or(DecodeError::Short)? {
         return Err(DecodeError::Checksum);
     }
-    if h[20] != FRAME_KIND_ENTRIES || h[21..24] != [0, 0, 0] {
-        return Err(DecodeError::Field("frame kind"));
-    }
-    let count = le_u32(h, 16).ok_or(DecodeError::Short)?;
+    let payload_len = le_u32(h, 8).ok_or(DecodeError::Short)? as usize;
+    let count = le_u32(h, 12).ok_or(DecodeError::Short)?;
+    let first_offset = le_u64(h, 16).ok_or(DecodeError::Short)?;
+    let prev = le_u64(h, 32).ok_or(DecodeError::Short)?;
     if count == 0 {
         return Err(DecodeError::Field("entry count"));
     }
-    let first_offset = le_u64(h, 8).ok_or(DecodeError::Short)?;
     if first_offset.checked_add(u64::from(count)).is_none() {
         return Err(DecodeError::Field("offset"));
     }
+    if prev != 0 && (prev >= pos as u64 || prev < PAGE || prev % FRAME_ALIGN != 0) {
+        return Err(DecodeError::Field("previous frame"));
+    }
+    let name = std::str::from_utf8(topic).map_err(|_| DecodeError::Field("topic name"))?;
+    if name.contains('\0') {
+        return Err(DecodeError::Field("topic name"));
+    }
+    let end = payload_start
+        .checked_add(payload_len)
+        .ok_or(DecodeError::Short)?;
+    if end > region.len() {
+        return Err(DecodeError::Short);
+    }
+    Ok(Frame {
+        pos,
+        first_offset,
+        count,
+        timestamp: le_u64(h, 24).ok_or(DecodeError::Short)?,
+        prev,
+        topic_len,
+        payload_start,
+        end,
+        next: padded(end as u64) as usize,
+        payload_crc: le_u32(h, 4).ok_or(DecodeError::Short)?,
+    })
+}
+
+/// Decodes and verifies the whole frame at `pos`: header, topic, payload checksum, and the
+/// entries' layout.
+pub fn decode_frame(
+    segment: &[u8],
+    pos: usize,
+    limit: usize,
+    segment_id: u64,
+) -> Result<Frame, DecodeError> {
+    let f = decode_header(segment, pos, limit, segment_id)?;
+    verify_payload(segment, &f, segment_id)?;
+    Ok(f)
+}
+
+/// Verifies the payload of a frame [`decode_header`] returned for the same bytes.
+pub fn verify_payload(segment: &[u8], f: &Frame, segment_id: u64) -> Result<(), DecodeError> {
+    let payload = segment
+        .get(f.payload_start..f.end)
+        .ok_or(DecodeError::Short)?;
+    let mut hasher = crc32fast::Hasher::new_with_initial(frame_salt(segment_id, f.pos as u64));
+    hasher.update(payload);
+    if hasher.finalize() != f.payload_crc {
+        return Err(DecodeError::Checksum);
+    }
     // The checksum matched, but the layout must still add up before anyone slices by it.
     let mut p = 0usize;
-    for _ in 0..count {
+    for _ in 0..f.count {
         let len = get_varint_u32(payload, &mut p).ok_or(DecodeError::Field("entry length"))?;
         p = p
             .checked_add(len as usize)
@@ -421,16 +466,10 @@ pub fn decode_frame(
     if p != payload.len() {
         return Err(DecodeError::Field("payload length"));
     }
-    Ok(Frame {
-        pos,
-        first_offset,
-        count,
-        payload_start,
-        end,
-    })
+    Ok(())
 }
 
-/// Iterates over the entries of a verified frame as byte ranges within the block.
+/// Iterates over the entries of a verified frame as byte ranges within the segment.
 pub struct FrameEntries<'a> {
     block: &'a [u8],
     pos: usize,
@@ -439,7 +478,7 @@ pub struct FrameEntries<'a> {
 }
 
 impl<'a> FrameEntries<'a> {
-    /// Entries of `frame`, which must have come from [`decode_frame`] on the same `block`.
+    /// Entries of `frame`, which must have come from [`decode_frame`] on the same bytes.
     pub fn new(block: &'a [u8], frame: &Frame) -> Self {
         FrameEntries {
             block,
@@ -449,7 +488,7 @@ impl<'a> FrameEntries<'a> {
         }
     }
 
-    /// Starts at byte `pos` of the block with `left` entries to go: resumes a saved cursor.
+    /// Starts at byte `pos` with `left` entries to go: resumes a saved cursor.
     pub fn resume(block: &'a [u8], frame: &Frame, pos: usize, left: u32) -> Self {
         FrameEntries {
             block,
@@ -482,22 +521,22 @@ impl Iterator for FrameEntries<'_> {
     }
 }
 
-/// What [`FrameScan`] found at one position of a block.
+/// What [`SegmentScan`] found at one position of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanItem {
     /// A valid frame.
     Frame(Frame),
-    /// A damaged frame at `pos`, skipped because a valid frame was located at `next`.
+    /// Bytes at `pos` that are no frame, stepped over because a valid frame starts at `next`.
     Skipped {
-        /// Where the damaged frame starts.
+        /// Where the damage starts.
         pos: usize,
         /// Where the next valid frame starts.
         next: usize,
-        /// Why it failed.
+        /// Why the bytes at `pos` did not decode.
         error: DecodeError,
     },
     /// Nothing more can be read from `pos` on: unwritten space (`Zero`), or damage with no
-    /// locatable frame after it.
+    /// valid frame after it (a torn tail).
     End {
         /// Where reading stopped.
         pos: usize,
@@ -506,312 +545,89 @@ pub enum ScanItem {
     },
 }
 
-/// Walks the frames of a block from `pos`, expecting the next entry to be `expected`.
+/// Walks the frames of a segment from `pos` up to `limit`.
 ///
-/// A frame is accepted when its checksum holds and its first offset is `expected` (or, after a
-/// damaged frame was skipped, not below it). A damaged frame is skipped only when the length in its
-/// header leads to a valid frame; otherwise the rest of the block is given up. Both recovery and
-/// readers use this one function, so they agree on what a block holds.
-pub struct FrameScan<'a> {
-    block: &'a [u8],
+/// Zeros where a frame would start end the walk cleanly (never-written space). Anything else
+/// that does not decode is damage: the walk tries each later aligned position until a whole
+/// frame verifies there and goes on from it (`Skipped`), or reports `End` with the error if
+/// none does. Recovery and readers use this one walker, so they agree on what a segment holds.
+pub struct SegmentScan<'a> {
+    segment: &'a [u8],
+    segment_id: u64,
     pos: usize,
     limit: usize,
-    salt: u32,
-    expected: u64,
-    relaxed: bool,
     done: bool,
 }
 
-impl<'a> FrameScan<'a> {
-    /// Scans `block[pos..limit]`.
-    pub fn new(block: &'a [u8], pos: usize, limit: usize, salt: u32, expected: u64) -> Self {
-        FrameScan {
-            block,
+impl<'a> SegmentScan<'a> {
+    /// Scans `segment[pos..limit]`; `segment_id` seeds the checksums.
+    pub fn new(segment: &'a [u8], segment_id: u64, pos: usize, limit: usize) -> Self {
+        SegmentScan {
+            segment,
+            segment_id,
             pos,
-            limit: limit.min(block.len()),
-            salt,
-            expected,
-            relaxed: false,
+            limit: limit.min(segment.len()),
             done: false,
         }
     }
 
-    fn accept(&self, f: &Frame) -> bool {
-        if self.relaxed {
-            f.first_offset >= self.expected
-        } else {
-            f.first_offset == self.expected
+    /// The next position after `from` where a whole frame verifies.
+    fn resync(&self, from: usize) -> Option<usize> {
+        let align = FRAME_ALIGN as usize;
+        let mut q = (from + align) & !(align - 1);
+        while q + FRAME_HEADER_LEN <= self.limit {
+            let h = &self.segment[q..q + FRAME_HEADER_LEN];
+            if h[40] == FRAME_KIND_ENTRIES
+                && h[41] != 0
+                && h[42..44] == [0, 0]
+                && decode_frame(self.segment, q, self.limit, self.segment_id).is_ok()
+            {
+                return Some(q);
+            }
+            q += align;
         }
+        None
     }
 }
 
-impl Iterator for FrameScan<'_> {
+impl Iterator for SegmentScan<'_> {
     type Item = ScanItem;
 
     fn next(&mut self) -> Option<ScanItem> {
-        if self.done {
+        if self.done || self.pos >= self.limit {
+            self.done = true;
             return None;
         }
-        if self.limit.saturating_sub(self.pos) < FRAME_HEADER_LEN {
-            self.done = true;
-            return if self.pos >= self.limit {
-                None
-            } else {
-                let rest = &self.block[self.pos..self.limit];
-                let error = if rest.iter().all(|&b| b == 0) {
-                    DecodeError::Zero
-                } else {
-                    DecodeError::Short
-                };
+        let pos = self.pos;
+        match decode_frame(self.segment, pos, self.limit, self.segment_id) {
+            Ok(f) => {
+                self.pos = f.next;
+                Some(ScanItem::Frame(f))
+            }
+            Err(DecodeError::Zero) => {
+                self.done = true;
                 Some(ScanItem::End {
-                    pos: self.pos,
-                    error,
+                    pos,
+                    error: DecodeError::Zero,
                 })
-            };
-        }
-        let here = self.pos;
-        let error = match decode_frame(self.block, here, self.limit, self.salt) {
-            Ok(f) if self.accept(&f) => {
-                self.pos = f.end;
-                self.expected = f.end_offset();
-                self.relaxed = false;
-                return Some(ScanItem::Frame(f));
             }
-            Ok(_) => DecodeError::Field("frame offset"),
-            Err(e) => e,
-        };
-        self.done = true;
-        if error == DecodeError::Zero {
-            return Some(ScanItem::End { pos: here, error });
-        }
-        // Try to step over the damaged frame using the length its header claims.
-        let claimed = le_u32(self.block, here + 4).map(|l| l as usize);
-        if let Some(next) = claimed
-            .and_then(|l| here.checked_add(FRAME_HEADER_LEN)?.checked_add(l))
-            .filter(|&n| n < self.limit)
-            && let Ok(f) = decode_frame(self.block, next, self.limit, self.salt)
-            && f.first_offset >= self.expected
-        {
-            self.done = false;
-            self.relaxed = true;
-            self.pos = next;
-            return Some(ScanItem::Skipped {
-                pos: here,
-                next,
-                error,
-            });
-        }
-        Some(ScanItem::End { pos: here, error })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn block_with(frames: &[&[&[u8]]], salt: u32) -> (Vec<u8>, Vec<usize>) {
-        let mut out = Vec::new();
-        let mut starts = Vec::new();
-        let mut off = 0u64;
-        for entries in frames {
-            starts.push(out.len());
-            let mut fb = FrameBuilder::begin(&mut out, off);
-            for e in *entries {
-                fb.push(&mut out, e);
+            Err(DecodeError::Short) if self.segment[pos..self.limit].iter().all(|&b| b == 0) => {
+                self.done = true;
+                Some(ScanItem::End {
+                    pos,
+                    error: DecodeError::Zero,
+                })
             }
-            off += u64::from(fb.count());
-            fb.finish(&mut out, salt);
+            Err(error) => match self.resync(pos) {
+                Some(next) => {
+                    self.pos = next;
+                    Some(ScanItem::Skipped { pos, next, error })
+                }
+                None => {
+                    self.done = true;
+                    Some(ScanItem::End { pos, error })
+                }
+            },
         }
-        (out, starts)
-    }
-
-    #[test]
-    fn segment_header_roundtrip_and_damage() {
-        let h = SegmentHeader {
-            segment_id: 7,
-            created_ms: 1234,
-            len: 1 << 20,
-            log_id: 99,
-        };
-        let mut b = [0u8; SEGMENT_HEADER_LEN];
-        h.encode(&mut b);
-        assert_eq!(SegmentHeader::decode(&b), Ok(h));
-        for i in 0..52 {
-            let mut c = b;
-            c[i] ^= 1;
-            assert!(SegmentHeader::decode(&c).is_err(), "flip at {i}");
-        }
-        assert_eq!(
-            SegmentHeader::decode(&[0; SEGMENT_HEADER_LEN]),
-            Err(DecodeError::Zero)
-        );
-        assert_eq!(SegmentHeader::decode(&b[..10]), Err(DecodeError::Short));
-    }
-
-    #[test]
-    fn block_header_roundtrip_is_position_bound() {
-        let h = BlockHeader {
-            segment_id: 99,
-            len: 8 * PAGE,
-            first_offset: 42,
-            topic: "orders",
-        };
-        let mut b = Vec::new();
-        h.encode(4096, &mut b);
-        assert_eq!(b.len(), block_header_len(6));
-        assert_eq!(b.len() % 8, 0);
-        assert_eq!(BlockHeader::decode(&b, 4096), Ok(h));
-        // The same bytes at another position do not validate.
-        assert_eq!(BlockHeader::decode(&b, 8192), Err(DecodeError::Checksum));
-    }
-
-    #[test]
-    fn reserved_bytes_must_be_zero() {
-        let mut b = [0u8; SEGMENT_HEADER_LEN];
-        SegmentHeader {
-            segment_id: 1,
-            created_ms: 2,
-            len: 3,
-            log_id: 4,
-        }
-        .encode(&mut b);
-        b[53] = 1;
-        assert_eq!(
-            SegmentHeader::decode(&b),
-            Err(DecodeError::Field("reserved bytes"))
-        );
-        let mut v = Vec::new();
-        BlockHeader {
-            segment_id: 1,
-            len: PAGE,
-            first_offset: 0,
-            topic: "t",
-        }
-        .encode(0, &mut v);
-        let last = v.len() - 1; // padding after the topic name
-        v[last] = 1;
-        assert_eq!(
-            BlockHeader::decode(&v, 0),
-            Err(DecodeError::Field("reserved bytes"))
-        );
-    }
-
-    #[test]
-    fn frames_roundtrip() {
-        let salt = block_salt(1, 4096);
-        let big = vec![7u8; 300];
-        let (b, _) = block_with(&[&[b"a", b"", &big], &[b"zz"]], salt);
-        let items: Vec<_> = FrameScan::new(&b, 0, b.len(), salt, 0).collect();
-        assert_eq!(items.len(), 2);
-        let ScanItem::Frame(f0) = items[0] else {
-            panic!("{items:?}")
-        };
-        assert_eq!((f0.first_offset, f0.count), (0, 3));
-        let got: Vec<&[u8]> = FrameEntries::new(&b, &f0).map(|r| &b[r]).collect();
-        assert_eq!(got, vec![&b"a"[..], b"", &big[..]]);
-        let ScanItem::Frame(f1) = items[1] else {
-            panic!()
-        };
-        assert_eq!((f1.first_offset, f1.count), (3, 1));
-        assert_eq!(
-            frame_len([1usize, 0, 300].into_iter()),
-            (f0.end - f0.pos) as u64
-        );
-    }
-
-    #[test]
-    fn scan_skips_a_damaged_frame_when_the_next_is_locatable() {
-        let salt = block_salt(1, 0);
-        let (mut b, starts) = block_with(&[&[b"one"], &[b"two"], &[b"three"]], salt);
-        b[starts[1] + FRAME_HEADER_LEN + 1] ^= 0xff; // payload byte of frame 2
-        let items: Vec<_> = FrameScan::new(&b, 0, b.len(), salt, 0).collect();
-        assert!(matches!(items[0], ScanItem::Frame(_)));
-        assert!(
-            matches!(items[1], ScanItem::Skipped { pos, next, .. } if pos == starts[1] && next == starts[2])
-        );
-        assert!(matches!(items[2], ScanItem::Frame(f) if f.first_offset == 2));
-        assert_eq!(items.len(), 3);
-    }
-
-    #[test]
-    fn scan_stops_when_the_length_is_damaged() {
-        let salt = block_salt(1, 0);
-        let (mut b, starts) = block_with(&[&[b"one"], &[b"two"], &[b"three"]], salt);
-        b[starts[1] + 4] ^= 0x40; // payload length of frame 2
-        let items: Vec<_> = FrameScan::new(&b, 0, b.len(), salt, 0).collect();
-        assert_eq!(items.len(), 2);
-        assert!(
-            matches!(items[1], ScanItem::End { pos, error: DecodeError::Checksum | DecodeError::Short } if pos == starts[1])
-        );
-    }
-
-    #[test]
-    fn scan_treats_zeros_and_torn_tails_as_the_end() {
-        let salt = block_salt(3, 0);
-        let (mut b, starts) = block_with(&[&[b"one"], &[b"two"]], salt);
-        let full = b.len();
-        b.resize(full + 100, 0);
-        let items: Vec<_> = FrameScan::new(&b, 0, b.len(), salt, 0).collect();
-        assert!(matches!(
-            items[2],
-            ScanItem::End {
-                error: DecodeError::Zero,
-                ..
-            }
-        ));
-        // Tear the last frame at every byte: never a panic, never a frame past the tear.
-        for cut in starts[1]..full {
-            let items: Vec<_> = FrameScan::new(&b[..cut], 0, cut, salt, 0).collect();
-            let frames = items
-                .iter()
-                .filter(|i| matches!(i, ScanItem::Frame(_)))
-                .count();
-            assert_eq!(frames, 1, "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn stale_frames_from_another_block_do_not_validate() {
-        let (b, _) = block_with(&[&[b"one"]], block_salt(1, 0));
-        let items: Vec<_> = FrameScan::new(&b, 0, b.len(), block_salt(2, 0), 0).collect();
-        assert!(matches!(
-            items[0],
-            ScanItem::End {
-                error: DecodeError::Checksum,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn decoders_never_panic_on_arbitrary_bytes() {
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        for len in 0..400usize {
-            let mut b = vec![0u8; len];
-            for byte in b.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *byte = x as u8;
-            }
-            let _ = SegmentHeader::decode(&b);
-            let _ = BlockHeader::decode(&b, 0);
-            let _ = FrameScan::new(&b, 0, b.len(), 0, 0).count();
-            let _ = decode_frame(&b, 3, b.len(), 0);
-        }
-    }
-
-    #[test]
-    fn varints() {
-        for n in [0u64, 1, 127, 128, 300, 16383, 16384, u32::MAX as u64] {
-            let mut v = Vec::new();
-            put_varint(&mut v, n);
-            assert_eq!(v.len(), varint_len(n));
-            let mut p = 0;
-            assert_eq!(get_varint_u32(&v, &mut p), Some(n as u32));
-            assert_eq!(p, v.len());
-        }
-        let mut p = 0;
-        assert_eq!(get_varint_u32(&[0xff; 6], &mut p), None);
     }
 }

@@ -84,11 +84,13 @@ mod topic;
 mod wal;
 mod writer;
 
+#[allow(deprecated)]
+pub use config::DEFAULT_BLOCK_BYTES;
 pub use config::{
-    DEFAULT_BLOCK_BYTES, DEFAULT_INLINE_WRITE_MAX, DEFAULT_MAX_BATCH_BYTES,
-    DEFAULT_MAX_BATCH_ENTRIES, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_QUEUE_CAPACITY,
-    DEFAULT_SEGMENT_BYTES, DEFAULT_UNCACHED_WRITE_MIN, FsyncSchedule, IoBackend, MIN_SEGMENT_BYTES,
-    ReadConsistency, WalrusBuilder,
+    DEFAULT_INLINE_WRITE_MAX, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_ENTRIES,
+    DEFAULT_MAX_ENTRY_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_SEGMENT_BYTES,
+    DEFAULT_UNCACHED_WRITE_MIN, FsyncSchedule, IoBackend, MIN_SEGMENT_BYTES, ReadConsistency,
+    WalrusBuilder,
 };
 #[cfg(feature = "failpoints")]
 pub use crash::{CrashImage, CrashJournal};

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::{self, CheckpointStore};
 use crate::config::Config;
@@ -100,13 +100,13 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
     let alloc = Arc::new(Allocator::new(
         dir.clone(),
         config.segment_bytes,
-        config.block_bytes,
         &recovered.segments,
         recovered.max_ms,
         recovered.log_id,
         trace,
     ));
     let (durability, durability_rx) = Durability::new();
+    let (writer_tx, writer_rx) = mpsc::channel(config.queue_capacity);
     let (stop, stop_rx) = watch::channel(false);
     let stats = Arc::new(Counters::default());
     stats
@@ -122,11 +122,12 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
             .filter(|t| !recovered.topics.contains_key(*t))
             .cloned(),
     );
+    let recovered_max_ts = recovered.max_ts;
     let mut recovered_topics = recovered.topics;
     for name in names {
-        let blocks = recovered_topics.remove(&name).unwrap_or_default();
+        let spans = recovered_topics.remove(&name).unwrap_or_default();
         let floor = floors.remove(&name).unwrap_or(0);
-        let topic = build_topic(name, blocks, floor);
+        let topic = build_topic(name, spans, floor);
         entries += topic.entries_between(topic.oldest.load(Ordering::Relaxed), topic.visible());
         topics.insert(topic.name.clone(), Arc::new(topic));
     }
@@ -149,7 +150,8 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
         checkpoints: Arc::new(checkpoints),
         topics: RwLock::new(topics),
         consumers: Mutex::new(HashMap::new()),
-        writers: Mutex::new(Vec::new()),
+        writer_tx: RwLock::new(Some(writer_tx)),
+        writer: Mutex::new(None),
         closed: AtomicBool::new(false),
         closing: Mutex::new(None),
         runtime_gone: AtomicBool::new(false),
@@ -199,6 +201,11 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
     });
     let retention = tokio::spawn(retention::run(shared.clone(), shared.stop.subscribe()));
     lock(&shared.tasks).extend([durability, retention]);
+    *lock(&shared.writer) = Some(tokio::spawn(crate::writer::run(
+        shared.clone(),
+        writer_rx,
+        recovered_max_ts,
+    )));
     Ok(inner)
 }
 
@@ -208,8 +215,8 @@ const CLOSE_POLL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The work of `Walrus::close`, a task of the log.
 pub(crate) async fn close_log(shared: Arc<Shared>) -> Result<()> {
     shared.stop_accepting();
-    let writers: Vec<_> = std::mem::take(&mut *lock(&shared.writers));
-    for w in writers {
+    let writer = lock(&shared.writer).take();
+    if let Some(w) = writer {
         let _ = w.await;
     }
     let mut result = Ok(());
@@ -346,27 +353,24 @@ fn prepare(
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(dir_error(dir)(e)),
     }
+    // Before anything in the directory is written: a log of another format is refused whole.
+    storage::check_format(dir)?;
     let log_id = storage::log_id(dir, &trace)?;
     let recovered = storage::recover(dir, log_id, &trace).map_err(dir_error(dir))?;
     let checkpoints = CheckpointStore::open(dir, trace).map_err(dir_error(dir))?;
     Ok((lock_file, recovered, checkpoints))
 }
 
-/// Builds a topic from its recovered blocks (sorted by first offset).
+/// Builds a topic from its recovered spans (sorted by first offset).
 ///
 /// `floor` is the highest persisted checkpoint of any consumer of the topic: offsets below it
 /// were handed out before, even if a power failure took their entries (an unsynced tail).
 /// Handing them out again would make that consumer skip the new entries.
-fn build_topic(name: String, blocks: Vec<storage::RecoveredBlock>, floor: u64) -> Topic {
-    let mut runs: Vec<Range<u64>> = blocks.iter().flat_map(|b| b.runs.clone()).collect();
+fn build_topic(name: String, spans: Vec<storage::RecoveredSpan>, floor: u64) -> Topic {
+    let mut runs: Vec<Range<u64>> = spans.iter().flat_map(|s| s.runs.clone()).collect();
     runs.sort_by_key(|r| r.start);
-    let headers_end = blocks
-        .iter()
-        .map(|b| b.block.first_offset)
-        .max()
-        .unwrap_or(0);
     let runs_end = runs.iter().map(|r| r.end).max().unwrap_or(0);
-    let next = runs_end.max(headers_end).max(floor);
+    let next = runs_end.max(floor);
     let oldest = runs.first().map_or(next, |r| r.start);
     // Past the last entry lie only offsets that hold none: readers may look up to `next`.
     let topic = Topic::new(Arc::from(name.as_str()), next);
@@ -382,14 +386,14 @@ fn build_topic(name: String, blocks: Vec<storage::RecoveredBlock>, floor: u64) -
     }
     topic.oldest.store(oldest, Ordering::Release);
     topic.bytes.store(
-        blocks
+        spans
             .iter()
-            .map(|b| b.block.bytes.load(Ordering::Relaxed))
+            .map(|s| s.span.bytes.load(Ordering::Relaxed))
             .sum::<u64>(),
         Ordering::Relaxed,
     );
-    for b in blocks {
-        topic.push_block(b.block);
+    for s in spans {
+        topic.push_span(s.span);
     }
     topic
 }

@@ -1,24 +1,33 @@
-//! Reading a topic: a cursor that walks the topic's blocks and frames up to the visible offset.
+//! Reading a topic: a cursor that walks the topic's spans and frames up to the visible offset.
 //!
-//! Entries are handed out as `Bytes` slices of the segment's memory map: no copy. A cursor
-//! remembers the frame it is in, so sequential reads verify each frame's checksum once and cost
-//! O(1) per entry. Damaged frames are stepped over with the same [`FrameScan`] rules recovery
-//! uses; entries never come back unverified.
+//! Entries are handed out as `Bytes` slices of the segment's memory map: no copy. A topic's
+//! frames in a segment are interleaved with other topics' frames; each frame names the
+//! position of the topic's previous frame in the segment, so the cursor finds the frames it
+//! needs by walking that chain back from the span's last published frame, reading no other
+//! topic's bytes. It keeps the positions it found, so sequential reads verify each frame once
+//! and cost O(1) per entry. Where the chain cannot be followed (recovery stepped over damage,
+//! or a frame no longer verifies), the cursor walks the segment instead with the same
+//! [`SegmentScan`] recovery uses; entries never come back unverified.
 
-use bytes::Bytes;
-
-use crate::format::{Frame, FrameEntries, FrameScan, ScanItem};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::storage::Block;
+use bytes::Bytes;
+
+use crate::format::{self, Frame, FrameEntries, ScanItem, SegmentScan};
+use crate::storage::Span;
 use crate::topic::Topic;
 
 /// One entry of a topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Entry {
     /// Position in its topic: dense, from 0.
     pub offset: u64,
+    /// When it was appended: milliseconds since the Unix epoch, as the log's clock read when
+    /// its group was written (entries appended together share one). Never lower than an
+    /// earlier entry's of the same log, even if the system clock steps back.
+    pub timestamp: u64,
     /// The payload; for entries read from disk, a zero-copy view of the memory-mapped file.
     pub data: Bytes,
 }
@@ -26,7 +35,8 @@ pub struct Entry {
 /// Where a reader is inside a verified frame.
 #[derive(Clone, Debug)]
 struct InFrame {
-    block: Arc<Block>,
+    span: Arc<Span>,
+    /// The whole segment map (entries are slices of it).
     bytes: Bytes,
     frame: Frame,
     /// Byte position of the next entry's length prefix.
@@ -43,17 +53,26 @@ pub(crate) struct Cursor {
     /// Next offset to deliver.
     pub next: u64,
     at: Option<InFrame>,
+    /// Positions of the frames of `at`'s span after `at`, found by the last chain walk, and
+    /// how many of them were used. Shared, so cloning a cursor stays cheap.
+    ahead: Arc<[u64]>,
+    used: usize,
 }
 
 impl Cursor {
     pub fn new(next: u64) -> Cursor {
-        Cursor { next, at: None }
+        Cursor {
+            next,
+            ..Cursor::default()
+        }
     }
 
     /// Moves to `next`, dropping the cached frame position.
     pub fn reset(&mut self, next: u64) {
         self.next = next;
         self.at = None;
+        self.ahead = Arc::from([]);
+        self.used = 0;
     }
 
     /// Appends to `out` the entries from `self.next` on that are visible, stopping before the
@@ -105,6 +124,7 @@ impl Cursor {
                 total += range.len();
                 out.push(Entry {
                     offset,
+                    timestamp: at.frame.timestamp,
                     data: at.bytes.slice(range),
                 });
                 self.next = offset + 1;
@@ -117,16 +137,14 @@ impl Cursor {
 
     /// Positions `self.at` in the frame holding `self.next` (or the first entry after it).
     fn position(&mut self, topic: &Topic) -> bool {
-        let usable = |a: &InFrame, next: u64| {
-            a.left > 0 && a.offset <= next && !a.block.segment.deleted.load(Ordering::Acquire)
-        };
         if self
             .at
             .as_ref()
-            .is_some_and(|a| a.block.segment.deleted.load(Ordering::Acquire))
+            .is_some_and(|a| a.span.segment.deleted.load(Ordering::Acquire))
         {
-            self.at = None; // let go of the deleted file's mapping
+            self.reset(self.next); // let go of the deleted file's mapping
         }
+        let usable = |a: &InFrame, next: u64| a.left > 0 && a.offset <= next;
         if !self.at.as_ref().is_some_and(|a| usable(a, self.next)) {
             match self.seek_frame(topic) {
                 Some(found) => self.at = Some(found),
@@ -137,62 +155,155 @@ impl Cursor {
     }
 
     fn seek_frame(&mut self, topic: &Topic) -> Option<InFrame> {
-        let blocks = topic.blocks();
-        // Continue after the cached frame when it is behind us, else locate by offset.
-        // Blocks are found again by identity, not index: retention may have removed earlier
-        // ones since the cursor was here.
+        let spans = topic.spans();
+        // Continue after the cached frame when it is behind us, else locate by offset. Spans
+        // are found again by identity, not index: retention may have removed earlier ones
+        // since the cursor was here.
         let cached = self.at.take().and_then(|a| {
-            let idx = blocks.iter().position(|b| Arc::ptr_eq(b, &a.block))?;
-            (a.frame.end_offset() <= self.next || a.left == 0)
-                .then(|| (idx, a.frame.end, a.frame.end_offset()))
+            let idx = spans.iter().position(|s| Arc::ptr_eq(s, &a.span))?;
+            (a.frame.end_offset() <= self.next || a.left == 0).then_some((idx, a.frame.pos))
         });
-        let (mut idx, mut pos, mut expected) = match cached {
-            Some(c) => c,
+        let (mut idx, mut after) = match cached {
+            Some((idx, pos)) => (idx, Some(pos as u64)),
             None => {
-                let idx = blocks
-                    .partition_point(|b| b.first_offset <= self.next)
+                self.ahead = Arc::from([]);
+                self.used = 0;
+                let idx = spans
+                    .partition_point(|s| s.first_offset <= self.next)
                     .saturating_sub(1);
-                let b = blocks.get(idx)?;
-                (idx, b.data_start, b.first_offset)
+                (idx, None)
             }
         };
         loop {
-            let block = blocks.get(idx)?.clone();
-            let bytes = block.bytes();
-            for item in FrameScan::new(&bytes, pos, bytes.len(), block.salt, expected) {
-                match item {
-                    ScanItem::Frame(f) if f.end_offset() <= self.next => {}
-                    ScanItem::Frame(f) => {
-                        return Some(InFrame {
-                            block: block.clone(),
-                            pos: f.payload_start,
-                            left: f.count,
-                            offset: f.first_offset,
-                            frame: f,
-                            bytes,
-                        });
+            let span = spans.get(idx)?.clone();
+            let bytes = span.segment.map.clone();
+            loop {
+                let pos = match self.ahead.get(self.used) {
+                    Some(&p) => {
+                        self.used += 1;
+                        p
                     }
-                    ScanItem::Skipped {
-                        pos: p,
-                        next,
-                        error,
-                    } => {
-                        // Recovery found, logged and counted it already.
-                        tracing::debug!(path = %block.segment.path.display(), position = block.pos + p as u64, next, %error, "skipping damaged frame");
+                    None => {
+                        let found = frames_after(&span, &topic.name, after, self.next);
+                        if found.is_empty() {
+                            break;
+                        }
+                        self.ahead = found.into();
+                        self.used = 0;
+                        continue;
                     }
-                    // The written part of a block only ends in a damaged frame where recovery cut
-                    // a torn tail; either way the block has nothing more.
-                    ScanItem::End { .. } => {}
+                };
+                after = Some(pos);
+                let f = match format::decode_frame(
+                    &bytes,
+                    pos as usize,
+                    bytes.len(),
+                    span.segment.id,
+                ) {
+                    Ok(f) => f,
+                    Err(error) => {
+                        // Verified once (by the writer's own checksum, or by recovery): the
+                        // file changed under us. Walk the segment instead from here on.
+                        tracing::warn!(path = %span.segment.path.display(), position = pos, %error, "frame no longer verifies; skipped");
+                        span.broken.store(true, Ordering::Release);
+                        continue;
+                    }
+                };
+                if f.end_offset() <= self.next {
+                    continue;
                 }
+                return Some(InFrame {
+                    span,
+                    pos: f.payload_start,
+                    left: f.count,
+                    offset: f.first_offset,
+                    frame: f,
+                    bytes,
+                });
             }
-            // Exhausted this block: the next one, if the writer has moved on.
-            if idx + 1 >= blocks.len() {
-                return None;
-            }
+            // Exhausted this span: the next one, if the writer has moved on.
             idx += 1;
-            let b = blocks.get(idx)?;
-            pos = b.data_start;
-            expected = b.first_offset;
+            after = None;
+            self.ahead = Arc::from([]);
+            self.used = 0;
         }
     }
+}
+
+/// Positions of the published frames of `span` after position `after` (from its first frame
+/// when `None`), in order. Frames wholly before offset `from` are left out where that saves
+/// work (the chain walk stops at the frame holding `from`).
+fn frames_after(span: &Span, topic: &str, after: Option<u64>, from: u64) -> Vec<u64> {
+    let last = span.last_pos.load(Ordering::Acquire);
+    if last == 0 || after.is_some_and(|a| a >= last) {
+        return Vec::new();
+    }
+    if !span.broken.load(Ordering::Acquire) {
+        if let Some(found) = walk_back(span, topic, after, from, last) {
+            return found;
+        }
+        span.broken.store(true, Ordering::Release);
+    }
+    scan_forward(span, topic, after, last)
+}
+
+/// Follows the `prev` chain from `last` down to `after` (or to the frame holding `from`, or
+/// the span's first frame). `None` if the chain does not lead there.
+fn walk_back(
+    span: &Span,
+    topic: &str,
+    after: Option<u64>,
+    from: u64,
+    last: u64,
+) -> Option<Vec<u64>> {
+    let map = &span.segment.map;
+    let mut found = Vec::new();
+    let mut p = last;
+    loop {
+        if Some(p) == after {
+            break;
+        }
+        if after.is_some_and(|a| p < a) || p < span.first_pos {
+            return None;
+        }
+        let h = format::decode_header(map, p as usize, map.len(), span.segment.id).ok()?;
+        if h.topic(map) != topic.as_bytes() {
+            return None;
+        }
+        found.push(p);
+        if h.prev == 0 {
+            // The first frame of the span; `after` (if any) was not on the chain.
+            if after.is_some() || p != span.first_pos {
+                return None;
+            }
+            break;
+        }
+        if after.is_none() && h.first_offset <= from {
+            break;
+        }
+        p = h.prev;
+    }
+    found.reverse();
+    Some(found)
+}
+
+/// Walks the segment from the span's first frame (or the frame after `after`) to `last`,
+/// keeping the topic's frames: slow, only for spans whose chain is broken.
+fn scan_forward(span: &Span, topic: &str, after: Option<u64>, last: u64) -> Vec<u64> {
+    let map = &span.segment.map;
+    let id = span.segment.id;
+    let Ok(end) = format::decode_header(map, last as usize, map.len(), id).map(|f| f.next) else {
+        return Vec::new();
+    };
+    let start = span.first_pos as usize;
+    let mut found = Vec::new();
+    for item in SegmentScan::new(map, id, start, end) {
+        if let ScanItem::Frame(f) = item
+            && after.is_none_or(|a| f.pos as u64 > a)
+            && f.topic(map) == topic.as_bytes()
+        {
+            found.push(f.pos as u64);
+        }
+    }
+    found
 }

@@ -1,8 +1,8 @@
 //! Retention: deletes segment files nobody needs any more.
 //!
-//! A sealed segment (not the one new blocks come from, no block in it still being written) is
-//! deleted when, for every topic with a block in it, every registered consumer's *persisted*
-//! checkpoint is past that block. Topics without a registered consumer keep their data.
+//! A sealed segment (not the one the writer appends to, no group written into it still waiting
+//! to be published) is deleted when, for every topic with frames in it, every registered
+//! consumer's *persisted* checkpoint is past them. Topics without a registered consumer keep their data.
 //! Optional limits (`retention_bytes`, `retention_age`) delete the oldest sealed segments
 //! regardless of consumers; consumers that had not read the deleted entries get
 //! `Error::Truncated` once and go on from the oldest retained entry.
@@ -19,10 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::checkpoint::FLOOR;
 use crate::engine::Shared;
 use crate::error::Result;
-use crate::storage::{Block, Segment, lock};
+use crate::storage::{Segment, Span, lock};
 use crate::topic::Topic;
 
-type TopicBlock = (Arc<Topic>, Arc<Block>);
+type TopicSpan = (Arc<Topic>, Arc<Span>);
 
 /// How often the task looks even when nothing asked it to.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
@@ -48,7 +48,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Recei
 /// One pass. Returns the number of segment files deleted.
 ///
 /// Which files go is decided on a snapshot; each one is then looked at again, with the
-/// consumers lock held, right before it is taken out of the log (its blocks leave their
+/// consumers lock held, right before it is taken out of the log (its spans leave their
 /// topics, `oldest` moves up): a consumer registered or a default consumer that started
 /// reading since the snapshot is seen, so nobody is told `Truncated` because a pass was
 /// deleting consumed data at that moment. The file is unlinked after that; an unlink that
@@ -66,10 +66,10 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
     // Lowest checkpoint per topic over its consumers (`None`: no consumer, nothing of the
     // topic may go on consumers' account).
     let need = shared.with_consumers(|c| shared.consumer_pins(c));
-    let mut blocks_of: HashMap<u64, Vec<TopicBlock>> = HashMap::new();
+    let mut spans_of: HashMap<u64, Vec<TopicSpan>> = HashMap::new();
     for t in &topics {
-        for b in t.blocks().iter() {
-            blocks_of
+        for b in t.spans().iter() {
+            spans_of
                 .entry(b.segment.ms)
                 .or_default()
                 .push((t.clone(), b.clone()));
@@ -83,7 +83,7 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
     // consumers' account: consumers it lost must get the chance to subscribe again first.
     if !shared.checkpoint_damage {
         for s in segments.iter().filter(|s| sealed(s)) {
-            if consumed(&need, blocks_of.get(&s.ms).map(Vec::as_slice)) {
+            if consumed(&need, spans_of.get(&s.ms).map(Vec::as_slice)) {
                 doomed.push((s.clone(), false));
             }
         }
@@ -100,8 +100,10 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
                 continue;
             }
             let over_size = cfg.retention_bytes.is_some_and(|max| total > max);
+            // By the time of the newest entry in the file.
             let too_old = cfg.retention_age.is_some_and(|age| {
-                now_ms.saturating_sub(s.ms) > u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
+                now_ms.saturating_sub(s.max_ts.load(Ordering::Acquire))
+                    > u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
             });
             if over_size || too_old {
                 total -= s.len;
@@ -117,7 +119,7 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
         match delete(
             shared,
             &s,
-            blocks_of.remove(&s.ms).unwrap_or_default(),
+            spans_of.remove(&s.ms).unwrap_or_default(),
             forced,
         )
         .await
@@ -140,10 +142,10 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
     }
 }
 
-/// Whether every block is behind every consumer of its topic.
-fn consumed(need: &HashMap<String, u64>, blocks: Option<&[TopicBlock]>) -> bool {
-    blocks.is_none_or(|blocks| {
-        blocks.iter().all(|(t, b)| {
+/// Whether every span is behind every consumer of its topic.
+fn consumed(need: &HashMap<String, u64>, spans: Option<&[TopicSpan]>) -> bool {
+    spans.is_none_or(|spans| {
+        spans.iter().all(|(t, b)| {
             need.get(&*t.name)
                 .is_some_and(|&n| b.end_offset.load(Ordering::Acquire) <= n)
         })
@@ -155,7 +157,7 @@ fn consumed(need: &HashMap<String, u64>, blocks: Option<&[TopicBlock]>) -> bool 
 async fn delete(
     shared: &Shared,
     s: &Arc<Segment>,
-    blocks: Vec<TopicBlock>,
+    spans: Vec<TopicSpan>,
     forced: bool,
 ) -> Result<bool> {
     // Make each topic's next offset survive a restart even if nothing of it is left on disk
@@ -163,7 +165,7 @@ async fn delete(
     // All queued first, so they share the checkpoint writer's group commits.
     let mut seen: Vec<&Arc<Topic>> = Vec::new();
     let mut floors = Vec::new();
-    for (t, _) in &blocks {
+    for (t, _) in &spans {
         if !seen.iter().any(|x| Arc::ptr_eq(x, t)) {
             seen.push(t);
             let next = t.next_offset();
@@ -175,12 +177,12 @@ async fn delete(
     }
     // The last look, and the commit, under the consumers lock (see `pass`).
     let taken = shared.with_consumers(|c| {
-        if !forced && !consumed(&shared.consumer_pins(c), Some(&blocks)) {
+        if !forced && !consumed(&shared.consumer_pins(c), Some(&spans)) {
             return false;
         }
         s.deleted.store(true, Ordering::Release);
-        for (t, b) in &blocks {
-            t.remove_block(b);
+        for (t, b) in &spans {
+            t.remove_span(b);
         }
         shared.alloc.forget(s.ms);
         true

@@ -1,9 +1,10 @@
-//! Segment files, the block allocator and recovery.
+//! Segment files, spans, the segment allocator and recovery.
 //!
 //! A segment is a preallocated file named `<epoch-ms>.seg`, created with `O_EXCL` so no process
 //! ever truncates or overwrites an existing one, and never written by a later process: each
-//! lifetime writes into segments it created itself. Segments are shared out in blocks; a block
-//! belongs to one topic and a topic's log is the chain of its blocks ordered by first offset.
+//! lifetime writes into segments it created itself. The log's writer appends the frames of all
+//! topics to the current segment, one after another (the commit stream). A topic's frames in
+//! one segment form a [`Span`]; a topic's log is the chain of its spans ordered by offset.
 //! Every segment is memory-mapped once; readers slice the map (zero copy).
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::format::{self, BlockHeader, DecodeError, FrameScan, PAGE, ScanItem, SegmentHeader};
+use crate::format::{self, DecodeError, PAGE, ScanItem, SegmentHeader, SegmentScan};
 use crate::io::Trace;
 
 /// File name suffix of segment files.
@@ -44,9 +45,11 @@ pub(crate) struct Segment {
     /// Bumped after every completed write; `synced_gen` is the value seen by the last good sync.
     pub write_gen: AtomicU64,
     pub synced_gen: AtomicU64,
-    /// Blocks in this file that a writer may still write to. Retention only deletes a file
-    /// with none.
+    /// Held while the writer may still write to this file (it is current, or a group written
+    /// into it is still waiting to be published). Retention only deletes a file with none.
     pub active: AtomicU32,
+    /// Time of the newest frame in the file (epoch ms; 0: none): `retention_age` goes by it.
+    pub max_ts: AtomicU64,
     /// Deleted by retention: readers drop what they cached of it.
     pub deleted: AtomicBool,
 }
@@ -73,13 +76,6 @@ impl Segment {
             lock(&self.file).take();
         }
     }
-
-    /// Bytes `range` of the file (zero copy).
-    pub fn slice(&self, range: Range<u64>) -> Bytes {
-        let end = range.end.min(self.map.len() as u64) as usize;
-        let start = (range.start as usize).min(end);
-        self.map.slice(start..end)
-    }
 }
 
 impl std::fmt::Debug for Segment {
@@ -91,31 +87,45 @@ impl std::fmt::Debug for Segment {
     }
 }
 
-/// A block of one topic.
+/// The frames of one topic in one segment: a run of offsets, its frames chained backwards
+/// through each frame's `prev` field.
 #[derive(Debug)]
-pub(crate) struct Block {
+pub(crate) struct Span {
     pub segment: Arc<Segment>,
-    /// Position of the block header in the file.
-    pub pos: u64,
-    pub len: u64,
-    /// Where the first frame starts, relative to `pos`.
-    pub data_start: usize,
-    /// Offset of the first entry per the block header.
+    /// Offset of the first entry.
     pub first_offset: u64,
-    pub salt: u32,
-    /// End (relative to `pos`) of the last completely written frame.
-    pub frames_end: AtomicU64,
-    /// One past the last entry in the block (published with `frames_end`).
+    /// Position of the first frame.
+    pub first_pos: u64,
+    /// Position of the last published frame (0 until the first is published).
+    pub last_pos: AtomicU64,
+    /// One past the last published entry (published with `last_pos`).
     pub end_offset: AtomicU64,
-    /// Payload bytes of the entries in the block.
+    /// Payload bytes of the published entries.
     pub bytes: AtomicU64,
+    /// Append time of the last published frame.
+    pub last_ts: AtomicU64,
+    /// The `prev` chain cannot be followed (recovery stepped over damage between two of its
+    /// frames, or a reader found a frame that no longer verifies): readers walk the segment.
+    pub broken: AtomicBool,
+    /// Position of the last frame laid out (published or not): the next frame's `prev`.
+    /// Only the writer uses it.
+    pub written_last: AtomicU64,
 }
 
-impl Block {
-    /// The written part of the block, from its header to the last complete frame.
-    pub fn bytes(&self) -> Bytes {
-        let end = self.frames_end.load(Ordering::Acquire);
-        self.segment.slice(self.pos..self.pos + end)
+impl Span {
+    /// A span the writer starts with a frame at `pos`.
+    pub fn new(segment: Arc<Segment>, first_offset: u64, first_pos: u64) -> Span {
+        Span {
+            segment,
+            first_offset,
+            first_pos,
+            last_pos: AtomicU64::new(0),
+            end_offset: AtomicU64::new(first_offset),
+            bytes: AtomicU64::new(0),
+            last_ts: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+            written_last: AtomicU64::new(0),
+        }
     }
 }
 
@@ -176,9 +186,9 @@ pub(crate) fn log_id(dir: &Path, trace: &Trace) -> crate::Result<u64> {
         if entry.file_name().to_str().and_then(segment_ms).is_none() {
             continue;
         }
-        let mut h = [0u8; format::SEGMENT_HEADER_LEN];
+        let mut h = [0u8; format::SEGMENT_HEADER_COPY + format::SEGMENT_HEADER_LEN];
         let read = File::open(entry.path()).and_then(|f| f.read_exact_at(&mut h, 0));
-        if let (Ok(()), Ok(header)) = (read, SegmentHeader::decode(&h)) {
+        if let (Ok(()), Ok(header)) = (read, SegmentHeader::decode_page(&h)) {
             ids.insert(header.log_id);
         }
     }
@@ -204,6 +214,39 @@ pub(crate) fn log_id(dir: &Path, trace: &Trace) -> crate::Result<u64> {
     b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
     crate::io::replace_file(trace, dir, LOG_ID_FILE, &b).map_err(io_err)?;
     Ok(id)
+}
+
+/// Refuses a directory holding segment files of another format version: fails with
+/// [`Error::UnsupportedFormat`](crate::Error::UnsupportedFormat) naming the first such file.
+/// Reads only; a header that does not decode at all is left to recovery (damage).
+pub(crate) fn check_format(dir: &Path) -> crate::Result<()> {
+    let io_err = |e: io::Error| crate::Error::DataDir {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        if let Some(ms) = entry.file_name().to_str().and_then(segment_ms) {
+            names.push((ms, entry.path()));
+        }
+    }
+    names.sort();
+    for (_, path) in names {
+        let mut h = [0u8; format::SEGMENT_HEADER_COPY + format::SEGMENT_HEADER_LEN];
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        let n = file.read_at(&mut h, 0).unwrap_or(0);
+        if let Err(DecodeError::Version(found)) = SegmentHeader::decode_page(&h[..n]) {
+            return Err(crate::Error::UnsupportedFormat {
+                path,
+                found,
+                supported: format::FORMAT_VERSION,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Creates a new segment file of `len` bytes named no earlier than `min_ms`: preallocated, its
@@ -243,9 +286,7 @@ pub(crate) fn create_segment(
             len,
             log_id,
         };
-        let mut h = [0u8; format::SEGMENT_HEADER_LEN];
-        header.encode(&mut h);
-        crate::io::write_at(trace, &file, 0, &h)?;
+        crate::io::write_at(trace, &file, 0, &header.encode_page())?;
         crate::io::sync_file(trace, &file)?;
         crate::io::sync_dir(trace, dir)?;
         let map = map_file(&file, len)?;
@@ -261,6 +302,7 @@ pub(crate) fn create_segment(
             write_gen: AtomicU64::new(0),
             synced_gen: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            max_ts: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
         })
     };
@@ -305,9 +347,9 @@ pub(crate) fn segment_ms(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// What recovery learned about one block.
-pub(crate) struct RecoveredBlock {
-    pub block: Arc<Block>,
+/// What recovery learned about one span.
+pub(crate) struct RecoveredSpan {
+    pub span: Arc<Span>,
     /// Offsets of the valid frames, as contiguous runs.
     pub runs: Vec<Range<u64>>,
 }
@@ -316,7 +358,9 @@ pub(crate) struct RecoveredBlock {
 #[derive(Default)]
 pub(crate) struct Recovered {
     pub segments: Vec<Arc<Segment>>,
-    pub topics: HashMap<String, Vec<RecoveredBlock>>,
+    pub topics: HashMap<String, Vec<RecoveredSpan>>,
+    /// Time of the newest frame found.
+    pub max_ts: u64,
     pub checksum_failures: u64,
     pub max_ms: u64,
     pub deleted_empty: u64,
@@ -349,7 +393,7 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
         let file = OpenOptions::new().read(true).open(&path)?;
         let len = file.metadata()?.len();
         let map = map_file(&file, len)?;
-        if let Ok(h) = SegmentHeader::decode(&map)
+        if let Ok(h) = SegmentHeader::decode_page(&map)
             && h.log_id != log_id
         {
             // Copied or moved here from another log: its offsets are not this log's.
@@ -359,19 +403,15 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
             continue;
         }
         let next_data = |pos: u64| next_data(&file, pos);
-        let (segment_id, blocks, failures) = scan_segment(&path, &map, next_data);
-        let Some(segment_id) = segment_id.filter(|_| !blocks.is_empty()) else {
-            // No block: either a spare that was never used, or a file whose creation was cut
+        let (segment_id, spans, failures) = scan_segment(&path, &map, next_data);
+        let Some(segment_id) = segment_id.filter(|_| !spans.is_empty()) else {
+            // No frame: either a spare that was never used, or a file whose creation was cut
             // short by a crash (its header is only written, and synced, before first use). If
             // nothing but zeros lies past a valid or unwritten header, no data was ever in it.
             // Only a valid header or none at all: a torn or foreign one is kept for a human.
             let first_page = map.get(..PAGE as usize).unwrap_or(&map);
-            let header_ok = (first_page.iter().all(|&b| b == 0)
-                || SegmentHeader::decode(&map).is_ok())
-                && first_page
-                    .iter()
-                    .skip(format::SEGMENT_HEADER_LEN)
-                    .all(|&b| b == 0);
+            let header_ok =
+                first_page.iter().all(|&b| b == 0) || SegmentHeader::decode_page(&map).is_ok();
             let rest_empty = next_data(PAGE).is_none_or(|d| {
                 map.get(d as usize..)
                     .is_none_or(|r| r.iter().all(|&b| b == 0))
@@ -385,7 +425,7 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
                 tracing::debug!(path = %path.display(), "deleted a segment that never held data");
             } else {
                 out.checksum_failures += failures.max(1);
-                tracing::warn!(path = %path.display(), "segment holds no readable block; left in place");
+                tracing::warn!(path = %path.display(), "segment holds no readable frame; left in place");
             }
             continue;
         };
@@ -393,6 +433,8 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
         // What a killed process left in the page cache is read back as if durable, and
         // consumers may checkpoint past it: make it so before anyone sees it. Cheap when clean.
         crate::io::sync_file(trace, &file)?;
+        let max_ts = spans.iter().map(|s| s.last_ts).max().unwrap_or(0);
+        out.max_ts = out.max_ts.max(max_ts);
         let segment = Arc::new(Segment {
             id: segment_id,
             ms,
@@ -407,25 +449,24 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
             write_gen: AtomicU64::new(0),
             synced_gen: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            max_ts: AtomicU64::new(max_ts),
             deleted: AtomicBool::new(false),
         });
-        for b in blocks {
-            let block = Arc::new(Block {
+        for s in spans {
+            let span = Span {
                 segment: segment.clone(),
-                pos: b.pos,
-                len: b.len,
-                data_start: b.data_start,
-                first_offset: b.first_offset,
-                salt: format::block_salt(segment_id, b.pos),
-                frames_end: AtomicU64::new(b.frames_end),
-                end_offset: AtomicU64::new(
-                    b.runs.iter().map(|r| r.end).max().unwrap_or(b.first_offset),
-                ),
-                bytes: AtomicU64::new(b.bytes),
-            });
-            out.topics.entry(b.topic).or_default().push(RecoveredBlock {
-                block,
-                runs: b.runs,
+                first_offset: s.runs.first().map_or(0, |r| r.start),
+                first_pos: s.first_pos,
+                last_pos: AtomicU64::new(s.last_pos),
+                end_offset: AtomicU64::new(s.runs.last().map_or(0, |r| r.end)),
+                bytes: AtomicU64::new(s.bytes),
+                last_ts: AtomicU64::new(s.last_ts),
+                broken: AtomicBool::new(s.broken),
+                written_last: AtomicU64::new(s.last_pos),
+            };
+            out.topics.entry(s.topic).or_default().push(RecoveredSpan {
+                span: Arc::new(span),
+                runs: s.runs,
             });
         }
         out.segments.push(segment);
@@ -433,27 +474,23 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
     if removed_any {
         crate::io::sync_dir(trace, dir)?;
     }
-    for blocks in out.topics.values_mut() {
-        blocks.sort_by_key(|b| {
-            (
-                b.runs.first().map_or(b.block.first_offset, |r| r.start),
-                b.block.segment.ms,
-                b.block.pos,
-            )
-        });
+    for spans in out.topics.values_mut() {
+        spans.sort_by_key(|s| (s.span.first_offset, s.span.segment.ms));
     }
     Ok(out)
 }
 
-pub(crate) struct ScannedBlock {
+/// One topic's frames in one scanned segment.
+pub(crate) struct ScannedSpan {
     pub topic: String,
-    pub pos: u64,
-    pub len: u64,
-    pub data_start: usize,
-    pub first_offset: u64,
-    pub frames_end: u64,
+    pub first_pos: u64,
+    pub last_pos: u64,
+    /// Offsets of the accepted frames, as contiguous runs (in file order, so increasing).
     pub runs: Vec<Range<u64>>,
     pub bytes: u64,
+    pub last_ts: u64,
+    /// Some frame's `prev` does not lead to the topic's frame before it.
+    pub broken: bool,
 }
 
 /// The first position at or after `pos` that may hold written data: `lseek(SEEK_DATA)`, which
@@ -480,128 +517,106 @@ fn next_data(file: &File, pos: u64) -> Option<u64> {
     Some(pos)
 }
 
-/// Finds the blocks of one segment and the valid frames in each. Probes every page boundary
-/// (blocks are page aligned) except where `next_data` says nothing was written.
+/// Finds the frames of one segment and groups them by topic, in file order. Returns the
+/// segment id (from the header), the spans, and the damage found (each stretch counted once).
+///
+/// A frame whose offsets do not follow the topic's frames before it in this segment (it
+/// starts below their end) is counted as damage and left out: a topic's frames in one segment
+/// only ever go up.
 pub(crate) fn scan_segment(
     path: &Path,
     map: &[u8],
     next_data: impl Fn(u64) -> Option<u64>,
-) -> (Option<u64>, Vec<ScannedBlock>, u64) {
+) -> (Option<u64>, Vec<ScannedSpan>, u64) {
     let mut failures = 0u64;
-    let header = SegmentHeader::decode(map);
-    let mut segment_id = match header {
-        Ok(h) => Some(h.segment_id),
-        // An unwritten header (creation cut short) holds no blocks either; not damage.
-        Err(DecodeError::Zero | DecodeError::Short) => None,
+    let segment_id = match SegmentHeader::decode_page(map) {
+        Ok(h) => {
+            if let Err(e) = SegmentHeader::decode(map) {
+                failures += 1;
+                tracing::warn!(path = %path.display(), position = 0, error = %e, "damaged segment header; read from its copy");
+            }
+            h.segment_id
+        }
+        // An unwritten header (creation cut short) holds no frames either; not damage.
+        Err(DecodeError::Zero | DecodeError::Short) => return (None, Vec::new(), failures),
         Err(e) => {
-            tracing::warn!(path = %path.display(), position = 0, error = %e, "damaged segment header; scanning for blocks");
-            failures += 1;
-            None
+            // Every frame's checksum is seeded with the id in the header: without it nothing
+            // in the file can be verified.
+            tracing::warn!(path = %path.display(), position = 0, error = %e, "damaged segment header; the file is left in place unread");
+            return (None, Vec::new(), 1);
         }
     };
-    let len = map.len() as u64;
-    let mut blocks = Vec::new();
-    // Set while probing through non-zero bytes that are no block: counted once per stretch.
-    let mut in_damage = false;
-    let mut pos = PAGE;
-    // Every page boundary inside the file, also a last partial page (a file cut short).
-    while pos < len {
-        match next_data(pos) {
-            Some(d) if d / PAGE * PAGE > pos => {
-                pos = d / PAGE * PAGE;
-                continue;
-            }
-            Some(_) => {}
-            None => break,
-        }
-        let at = &map[pos as usize..];
-        let h = match BlockHeader::decode(at, pos) {
-            Ok(h) => h,
-            Err(DecodeError::Short) if at.iter().all(|&b| b == 0) => break,
-            Err(DecodeError::Zero) => {
-                pos += PAGE;
-                continue;
-            }
-            Err(e) => {
-                if !in_damage {
-                    in_damage = true;
-                    failures += 1;
-                    tracing::warn!(path = %path.display(), position = pos, error = %e, "damaged block header; probing for the next block");
-                }
-                pos += PAGE;
-                continue;
-            }
-        };
-        in_damage = false;
-        match segment_id {
-            Some(id) if id != h.segment_id => {
-                tracing::warn!(path = %path.display(), position = pos, "block from another segment; ignored");
-                failures += 1;
-                pos += PAGE;
-                continue;
-            }
-            _ => segment_id = Some(h.segment_id),
-        }
-        let data_start = format::block_header_len(h.topic.len());
-        // A file cut short (an interrupted copy, a tool that trims files) ends inside its last
-        // block: its frames are scanned up to the end of the file, so the intact ones survive.
-        let in_file = (len - pos).min(h.len);
-        if in_file < h.len {
-            failures += 1;
-            tracing::warn!(path = %path.display(), position = pos, block_len = h.len, file_len = len, "block cut short by the end of the file; keeping the frames before the cut");
-        }
-        let block = &at[..in_file as usize];
-        let salt = format::block_salt(h.segment_id, pos);
-        let mut runs: Vec<Range<u64>> = Vec::new();
-        let mut frames_end = data_start as u64;
-        let mut bytes = 0u64;
-        for item in FrameScan::new(block, data_start, block.len(), salt, h.first_offset) {
-            match item {
-                ScanItem::Frame(f) => {
-                    match runs.last_mut() {
-                        Some(r) if r.end == f.first_offset => r.end = f.end_offset(),
-                        _ => runs.push(f.first_offset..f.end_offset()),
-                    }
-                    frames_end = f.end as u64;
-                    bytes += format::FrameEntries::new(block, &f)
-                        .map(|r| r.len() as u64)
-                        .sum::<u64>();
-                }
-                ScanItem::Skipped { pos: p, error, .. } => {
-                    failures += 1;
-                    tracing::warn!(path = %path.display(), position = pos + p as u64, %error, "skipped damaged frame");
-                }
-                ScanItem::End {
-                    error: DecodeError::Zero,
-                    ..
-                } => {}
-                ScanItem::End { pos: p, error } => {
-                    failures += 1;
-                    tracing::warn!(path = %path.display(), position = pos + p as u64, %error, "cut damaged or torn tail of block");
-                }
-            }
-        }
-        blocks.push(ScannedBlock {
-            topic: h.topic.to_owned(),
-            pos,
-            len: h.len,
-            data_start,
-            first_offset: h.first_offset,
-            frames_end,
-            runs,
-            bytes,
-        });
-        pos = pos.saturating_add(h.len);
+    let mut spans: Vec<ScannedSpan> = Vec::new();
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    // Nothing written at all past the header: not even a page to look at.
+    if next_data(PAGE).is_none() {
+        return (Some(segment_id), spans, failures);
     }
-    (segment_id, blocks, failures)
+    let len = map.len();
+    for item in SegmentScan::new(map, segment_id, PAGE as usize, len) {
+        match item {
+            ScanItem::Frame(f) => {
+                let topic = f.topic(map);
+                let i = *index.entry(topic).or_insert_with(|| {
+                    spans.push(ScannedSpan {
+                        // Valid UTF-8: `decode_frame` checked it.
+                        topic: String::from_utf8_lossy(topic).into_owned(),
+                        first_pos: f.pos as u64,
+                        last_pos: 0,
+                        runs: Vec::new(),
+                        bytes: 0,
+                        last_ts: 0,
+                        broken: false,
+                    });
+                    spans.len() - 1
+                });
+                let s = &mut spans[i];
+                if s.runs.last().is_some_and(|r| f.first_offset < r.end) {
+                    failures += 1;
+                    s.broken = true;
+                    tracing::warn!(path = %path.display(), position = f.pos, first_offset = f.first_offset, "frame repeats offsets of its topic; ignored");
+                    continue;
+                }
+                if f.prev != s.last_pos {
+                    s.broken = true;
+                }
+                match s.runs.last_mut() {
+                    Some(r) if r.end == f.first_offset => r.end = f.end_offset(),
+                    _ => s.runs.push(f.first_offset..f.end_offset()),
+                }
+                s.last_pos = f.pos as u64;
+                s.last_ts = s.last_ts.max(f.timestamp);
+                s.bytes += format::FrameEntries::new(map, &f)
+                    .map(|r| r.len() as u64)
+                    .sum::<u64>();
+            }
+            ScanItem::Skipped { pos, next, error } => {
+                failures += 1;
+                tracing::warn!(path = %path.display(), position = pos, next, %error, "skipped damaged frame");
+            }
+            ScanItem::End {
+                error: DecodeError::Zero,
+                ..
+            } => {}
+            ScanItem::End { pos, error } => {
+                failures += 1;
+                tracing::warn!(path = %path.display(), position = pos, %error, "cut damaged or torn tail of segment");
+            }
+        }
+    }
+    if len as u64 > PAGE && SegmentHeader::decode_page(map).is_ok_and(|h| h.len > len as u64) {
+        failures += 1;
+        tracing::warn!(path = %path.display(), file_len = len, "segment cut short by the end of the file; keeping the frames before the cut");
+    }
+    (Some(segment_id), spans, failures)
 }
 
-/// Hands out blocks, rolling to new segment files; keeps one spare segment created ahead.
+/// Creates segment files for the writer (keeping one spare created ahead) and keeps the
+/// registry of live segments.
 pub(crate) struct Allocator {
     dir: PathBuf,
     log_id: u64,
     segment_bytes: u64,
-    block_bytes: u64,
     state: tokio::sync::Mutex<AllocState>,
     trace: Trace,
     /// Every live segment, by name.
@@ -610,7 +625,6 @@ pub(crate) struct Allocator {
 
 struct AllocState {
     current: Option<Arc<Segment>>,
-    next_pos: u64,
     next_ms: u64,
     spare: Option<tokio::task::JoinHandle<io::Result<Segment>>>,
 }
@@ -619,7 +633,6 @@ impl Allocator {
     pub(crate) fn new(
         dir: PathBuf,
         segment_bytes: u64,
-        block_bytes: u64,
         recovered: &[Arc<Segment>],
         max_ms: u64,
         log_id: u64,
@@ -630,10 +643,8 @@ impl Allocator {
             dir,
             log_id,
             segment_bytes,
-            block_bytes,
             state: tokio::sync::Mutex::new(AllocState {
                 current: None,
-                next_pos: 0,
                 next_ms: max_ms + 1,
                 spare: None,
             }),
@@ -642,34 +653,15 @@ impl Allocator {
         }
     }
 
-    /// Allocates a block of at least `need` bytes. Returns the segment and the block's
-    /// position and length.
-    pub(crate) async fn allocate(&self, need: u64) -> io::Result<(Arc<Segment>, u64, u64)> {
-        let min =
-            format::align_up(need, PAGE).ok_or_else(|| io::Error::other("block too large"))?;
-        let len = min.max(self.block_bytes);
+    /// Makes a new segment with room for at least `need` bytes of frames the current one, and
+    /// returns it. The caller (the writer) holds one `active` count on it; the previous
+    /// current segment is no longer current.
+    pub(crate) async fn rotate(&self, need: u64) -> io::Result<Arc<Segment>> {
+        let min = format::align_up(need, PAGE)
+            .and_then(|n| n.checked_add(PAGE))
+            .ok_or_else(|| io::Error::other("frame too large"))?;
+        let seg_len = self.segment_bytes.max(min);
         let mut st = self.state.lock().await;
-        let room = st
-            .current
-            .as_ref()
-            .map_or(0, |seg| seg.len.saturating_sub(st.next_pos));
-        if let Some(seg) = st.current.clone()
-            && !seg.poisoned.load(Ordering::Acquire)
-            && room >= min
-        {
-            // When less than another full block would be left, this block takes the rest of
-            // the segment, so no segment ends in preallocated space nobody can use.
-            let len = if room < len + self.block_bytes {
-                room
-            } else {
-                len
-            };
-            let pos = st.next_pos;
-            st.next_pos += len;
-            seg.active.fetch_add(1, Ordering::AcqRel);
-            return Ok((seg, pos, len));
-        }
-        let seg_len = self.segment_bytes.max(len + PAGE);
         let mut segment = None;
         if let Some(spare) = st.spare.take() {
             match spare.await {
@@ -697,7 +689,6 @@ impl Allocator {
             old.current.store(false, Ordering::SeqCst);
             old.close_if_sealed();
         }
-        st.next_pos = PAGE + len;
         if st.spare.is_none() {
             let (dir, ms, size) = (self.dir.clone(), st.next_ms, self.segment_bytes);
             let (trace, id) = (self.trace.clone(), self.log_id);
@@ -706,7 +697,8 @@ impl Allocator {
                 create_segment(&dir, ms, size, id, &trace)
             }));
         }
-        Ok((segment, PAGE, len))
+        tracing::debug!(path = %segment.path.display(), len = segment.len, "segment started");
+        Ok(segment)
     }
 
     /// Removes the spare segment if one was made (at close).
@@ -736,7 +728,7 @@ impl Allocator {
         lock(&self.registry).values().cloned().collect()
     }
 
-    /// The segment new blocks come from (never deleted by retention).
+    /// The segment the writer appends to (never deleted by retention).
     pub(crate) async fn current_ms(&self) -> Option<u64> {
         self.state.lock().await.current.as_ref().map(|s| s.ms)
     }
@@ -771,47 +763,8 @@ mod tests {
         assert_eq!((a.ms, b.ms), (future + 1, future + 2));
         assert_eq!(std::fs::read(&taken).unwrap(), b"precious");
         assert_eq!(a.len, 64 << 10);
-        assert_eq!(SegmentHeader::decode(&a.map).unwrap().created_ms, a.ms);
+        assert_eq!(SegmentHeader::decode_page(&a.map).unwrap().created_ms, a.ms);
         assert_ne!(a.id, b.id);
-    }
-
-    #[tokio::test]
-    #[cfg_attr(
-        miri,
-        ignore = "Miri cannot call fallocate or memory-map a file (create_segment)"
-    )]
-    async fn blocks_fill_segments_to_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let seg_len = 64 << 10;
-        let alloc = Allocator::new(
-            dir.path().into(),
-            seg_len,
-            12 << 10,
-            &[],
-            0,
-            1,
-            Trace::default(),
-        );
-        let mut last_end = 0;
-        let mut first = None;
-        loop {
-            let (seg, pos, len) = alloc.allocate(100).await.unwrap();
-            let first_ms = *first.get_or_insert(seg.ms);
-            if seg.ms != first_ms {
-                break;
-            }
-            assert_eq!(pos % PAGE, 0);
-            assert!(len >= 12 << 10);
-            last_end = pos + len;
-        }
-        assert_eq!(
-            last_end, seg_len,
-            "the last block takes the rest of the segment"
-        );
-        // A block that does not fit what is left rolls to a new segment.
-        let (seg, pos, _) = alloc.allocate(60 << 10).await.unwrap();
-        assert_eq!(pos, PAGE);
-        assert!(seg.len >= (60 << 10) + PAGE);
     }
 
     #[test]

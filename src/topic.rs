@@ -1,16 +1,16 @@
-//! A topic's shared state: its chain of blocks, the published "visible up to" offset, the
-//! offsets lost to damage, and the sender half of its writer's queue.
+//! A topic's shared state: its chain of spans, the published "visible up to" offset, the
+//! offsets lost to damage, and the next offset the writer hands out.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::format::MAX_TOPIC_LEN;
-use crate::storage::Block;
+use crate::storage::Span;
 
 /// What a writer is asked to append: one entry, or one atomic batch.
 pub(crate) enum Payload {
@@ -33,8 +33,9 @@ impl Payload {
     }
 }
 
-/// One request in a writer's queue.
+/// One request in the log writer's queue.
 pub(crate) struct Request {
+    pub topic: Arc<Topic>,
     pub payload: Payload,
     /// Taken when answered.
     pub reply: Option<oneshot::Sender<Result<Range<u64>>>>,
@@ -43,34 +44,35 @@ pub(crate) struct Request {
 /// Shared state of one topic.
 pub(crate) struct Topic {
     pub name: Arc<str>,
-    /// Blocks ordered by first offset; appended to by the writer only.
-    pub blocks: RwLock<Vec<Arc<Block>>>,
+    /// Spans ordered by first offset; appended to by the writer only.
+    pub spans: RwLock<Vec<Arc<Span>>>,
     /// One past the last entry readers may see (durable under `SyncEach`).
     pub visible: watch::Sender<u64>,
     /// Oldest retained offset.
     pub oldest: AtomicU64,
     /// Offsets that hold no entry (lost to damage, or consumed by a failed write).
     pub gaps: Mutex<Vec<Range<u64>>>,
-    /// Ranges above `oldest` whose blocks retention deleted (every consumer had passed them
+    /// Ranges above `oldest` whose spans retention deleted (every consumer had passed them
     /// while older blocks were still pinned by another topic's consumers).
     pub holes: Mutex<Vec<Range<u64>>>,
     /// Payload bytes retained.
     pub bytes: AtomicU64,
-    /// The writer's queue; `None` until the first append of this lifetime, and after close.
-    pub tx: Mutex<Option<mpsc::Sender<Request>>>,
+    /// The offset the writer hands out next (offsets of groups not yet published included).
+    /// Only the writer changes it.
+    pub write_next: AtomicU64,
 }
 
 impl Topic {
     pub fn new(name: Arc<str>, next: u64) -> Topic {
         Topic {
             name,
-            blocks: RwLock::new(Vec::new()),
+            spans: RwLock::new(Vec::new()),
             visible: watch::Sender::new(next),
             oldest: AtomicU64::new(0),
             gaps: Mutex::new(Vec::new()),
             holes: Mutex::new(Vec::new()),
             bytes: AtomicU64::new(0),
-            tx: Mutex::new(None),
+            write_next: AtomicU64::new(next),
         }
     }
 
@@ -108,21 +110,21 @@ impl Topic {
         }
     }
 
-    pub fn blocks(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Block>>> {
-        self.blocks.read().unwrap_or_else(|p| p.into_inner())
+    pub fn spans(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Span>>> {
+        self.spans.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push_block(&self, b: Arc<Block>) {
-        self.blocks
+    pub fn push_span(&self, s: Arc<Span>) {
+        self.spans
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push(b);
+            .push(s);
     }
 
-    /// Drops a block deleted by retention. Removing the first block moves `oldest` up to the
+    /// Drops a span deleted by retention. Removing the first span moves `oldest` up to the
     /// next one; removing a later one leaves a hole.
-    pub fn remove_block(&self, b: &Arc<Block>) {
-        let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+    pub fn remove_span(&self, b: &Arc<Span>) {
+        let mut blocks = self.spans.write().unwrap_or_else(|p| p.into_inner());
         let Some(idx) = blocks.iter().position(|x| Arc::ptr_eq(x, b)) else {
             return;
         };
@@ -130,9 +132,9 @@ impl Topic {
         self.bytes
             .fetch_sub(b.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
         if idx == 0 {
-            // Moved while the block list is still locked, so no reader finds the next block
-            // without also finding `oldest` moved, and no writer adds a block meanwhile.
-            // (Lock order: blocks, then gaps inside `next_offset`, then holes; never reversed.)
+            // Moved while the span list is still locked, so no reader finds the next span
+            // without also finding `oldest` moved, and no writer adds a span meanwhile.
+            // (Lock order: spans, then gaps inside `next_offset`, then holes; never reversed.)
             let oldest = blocks
                 .first()
                 .map_or_else(|| self.next_offset(), |f| f.first_offset);

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::{IoBackend, ReadConsistency, WalrusBuilder};
 use crate::consumer::ConsumerState;
@@ -253,16 +253,25 @@ impl Walrus {
 
     async fn submit(&self, topic: &str, payload: Payload) -> Result<Range<u64>> {
         validate_topic(topic)?;
-        let tx = self.writer(topic)?;
+        self.check_open()?;
+        let shared = self.shared();
+        let tx = shared
+            .writer_tx
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| shared.stopped())?;
+        let topic = self.topic_or_create(topic);
         let (reply, rx) = oneshot::channel();
         tx.send(Request {
+            topic,
             payload,
             reply: Some(reply),
         })
         .await
-        .map_err(|_| self.shared().stopped())?;
+        .map_err(|_| shared.stopped())?;
         drop(tx);
-        rx.await.map_err(|_| self.shared().stopped())?
+        rx.await.map_err(|_| shared.stopped())?
     }
 
     fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -272,32 +281,6 @@ impl Walrus {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
-    }
-
-    /// The sender of `topic`'s writer, creating the topic and starting its writer if needed.
-    fn writer(&self, name: &str) -> Result<mpsc::Sender<Request>> {
-        self.check_open()?;
-        if let Some(t) = self.topic(name)
-            && let Some(tx) = lock(&t.tx).as_ref()
-        {
-            return Ok(tx.clone());
-        }
-        let shared = self.shared();
-        let mut topics = shared.topics.write().unwrap_or_else(|p| p.into_inner());
-        // Checked under the registry lock: `close` takes the senders under it too.
-        self.check_open()?;
-        let topic = insert_topic(&mut topics, name);
-        let mut slot = lock(&topic.tx);
-        if let Some(tx) = slot.as_ref() {
-            return Ok(tx.clone());
-        }
-        let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
-        let next = topic.next_offset();
-        // On the log's runtime, whichever runtime this caller is on.
-        let handle = shared.spawn(crate::writer::run(shared.clone(), topic.clone(), rx, next));
-        lock(&shared.writers).push(handle);
-        *slot = Some(tx.clone());
-        Ok(tx)
     }
 
     /// The live state of `(topic, consumer)`, created at its persisted checkpoint (or the

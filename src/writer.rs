@@ -1,25 +1,27 @@
-//! The writer actor: one per topic, fed by a bounded queue.
+//! The writer actor: one per log, fed by one bounded queue.
 //!
-//! Each turn it takes everything waiting in its queue (`recv_many`), assigns dense offsets, lays
-//! the whole group out as one frame in one reusable buffer (a new block only when the current
-//! one is full), and submits it as one write. Once the group is as durable as the fsync schedule
-//! promises, it publishes the new visible offset and resolves every caller. A batch is never
-//! split across frames, so it is all-or-nothing after a crash.
+//! Each turn it takes everything waiting in the queue (`recv_many`): the appends of every topic
+//! that arrived meanwhile. It assigns dense offsets per topic in queue order, lays out one
+//! frame per topic in one reusable buffer at the tail of the current segment (the commit
+//! stream), and submits it as **one write**. Once the group is as durable as the fsync
+//! schedule promises, it publishes each topic's new visible offset and resolves every caller.
+//! A request is never split across frames, so a batch is all-or-nothing after a crash.
 //!
 //! Pipelining: under `SyncEach` the writer does not wait for a group's fsync before writing the
 //! next group. Up to [`MAX_IN_FLIGHT`] groups wait for durability at once; they are published
 //! and answered strictly in order, so readers and callers never see a later group before an
 //! earlier one. While one fsync runs, the next group is already written and its sync request
-//! queued, so the durability task's next round covers it (group commit across groups and
-//! topics).
+//! queued, so the durability task's next round covers it.
 //!
 //! On a failed write or sync the group's callers get the error, the group's offsets stay unused
-//! (recorded as a gap), and the writer moves to a fresh block; after a failed sync the segment is
-//! poisoned and no longer written.
+//! (recorded as gaps) and the writer moves to a fresh segment: nothing is ever written after a
+//! failed write in the same file, so recovery never finds a hole in the middle of a stream.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -28,31 +30,37 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::FsyncSchedule;
 use crate::engine::Shared;
 use crate::error::Error;
-use crate::format::{self, BlockHeader, FrameBuilder, MAX_FRAME_PAYLOAD};
-use crate::storage::{Block, Segment};
+use crate::format::{self, FRAME_HEADER_LEN, FrameBuilder, MAX_FRAME_PAYLOAD, PAGE};
+use crate::storage::{Segment, Span};
 use crate::topic::{Payload, Request, Topic};
 
 /// Buffers above this size are not kept between groups, so one huge batch does not pin memory.
 const KEEP_BUF: usize = 4 << 20;
 
-/// Groups written and waiting for their fsync at once (per topic).
+/// Groups written and waiting for their fsync at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 4;
 
 type Reply = oneshot::Sender<crate::Result<Range<u64>>>;
 
-/// One write of a group: a contiguous run of frames in one block.
-struct Pending {
-    block: Arc<Block>,
-    /// Position of the write relative to the block.
-    rel: u64,
-    buf: Vec<u8>,
-    /// Bytes in the write (kept after `buf` is handed to the engine).
-    len: u64,
+/// One frame of a write: some requests of one topic.
+struct Planned {
+    topic: Arc<Topic>,
+    span: Arc<Span>,
+    pos: u64,
+    timestamp: u64,
     offsets: Range<u64>,
-    /// Entries and reply of each request in the write, in offset order.
+    /// Entries and reply of each request in the frame, in offset order.
     replies: Vec<(u64, Option<Reply>)>,
     bytes: u64,
     batches: u64,
+}
+
+/// One write of a group: a run of frames in one segment.
+struct Pending {
+    segment: Arc<Segment>,
+    pos: u64,
+    buf: Vec<u8>,
+    frames: Vec<Planned>,
     /// The segment's write generation once written (what its fsync must cover).
     generation: u64,
 }
@@ -65,42 +73,41 @@ struct Written {
 
 struct Writer {
     shared: Arc<Shared>,
-    topic: Arc<Topic>,
-    block: Option<Arc<Block>>,
-    /// Next free position in `block`, relative to its start.
-    rel: u64,
-    next: u64,
+    /// The segment frames go to, and the position of the next frame in it.
+    segment: Option<Arc<Segment>>,
+    tail: u64,
     spare_buf: Vec<u8>,
     /// Groups laid out so far: each group's sequence number.
     groups: u64,
-    /// The last group that wrote into `block`.
-    block_last: u64,
-    /// Blocks no longer written to, with the last group that may have written into each:
-    /// released for retention once that group and every one before it is finished (a group
-    /// waiting for its fsync may still be published into them).
-    retired: Vec<(Arc<Block>, u64)>,
+    /// The last group that wrote into `segment`.
+    segment_last: u64,
+    /// Segments no longer written to, with the last group that wrote into each: released for
+    /// retention once that group and every one before it is finished (a group waiting for
+    /// its fsync may still be published into them).
+    retired: Vec<(Arc<Segment>, u64)>,
+    /// Timestamp of the last group: timestamps never go back, even if the clock does.
+    last_ts: u64,
+    /// Scratch: the requests of one group by topic, in order of first appearance.
+    buckets: Vec<(Arc<Topic>, Vec<usize>)>,
+    bucket_of: HashMap<usize, usize>,
 }
 
-/// Runs a topic's writer until its queue is closed and drained.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    topic: Arc<Topic>,
-    mut rx: mpsc::Receiver<Request>,
-    next: u64,
-) {
+/// Runs the log's writer until its queue is closed and drained.
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, last_ts: u64) {
     let cap = shared.config.queue_capacity;
     let mut reqs = Vec::with_capacity(cap.min(1024));
     let sync_each = shared.config.fsync == FsyncSchedule::SyncEach;
     let mut w = Writer {
         shared,
-        topic,
-        block: None,
-        rel: 0,
-        next,
+        segment: None,
+        tail: 0,
         spare_buf: Vec::new(),
         groups: 0,
-        block_last: 0,
+        segment_last: 0,
         retired: Vec::new(),
+        last_ts,
+        buckets: Vec::new(),
+        bucket_of: HashMap::new(),
     };
     let mut in_flight = FuturesOrdered::new();
     // Sequence numbers of the groups in `in_flight`, oldest first (it finishes them in order).
@@ -131,21 +138,18 @@ pub(crate) async fn run(
             }
         }
     }
-    w.seal();
+    w.retire();
     w.release_retired(None);
 }
 
 /// Waits until every segment a group wrote to is durable up to the group's writes. Each write
-/// gets its own segment's result: one failing file does not fail writes in healthy ones.
+/// gets its own segment's result.
 async fn durable(shared: Arc<Shared>, mut written: Written) -> Written {
     let mut segs: Vec<(Arc<Segment>, u64)> = Vec::new();
     for w in &written.writes {
-        match segs
-            .iter_mut()
-            .find(|(s, _)| Arc::ptr_eq(s, &w.block.segment))
-        {
+        match segs.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &w.segment)) {
             Some(e) => e.1 = e.1.max(w.generation),
-            None => segs.push((w.block.segment.clone(), w.generation)),
+            None => segs.push((w.segment.clone(), w.generation)),
         }
     }
     for (seg, generation) in segs {
@@ -169,14 +173,27 @@ fn payload_bytes(p: &Payload) -> u64 {
     p.entries().iter().map(|e| e.len() as u64).sum()
 }
 
-impl Writer {
-    fn frame_len(p: &Payload) -> u64 {
-        format::frame_len(p.entries().iter().map(|e| e.len()))
-    }
+fn payload_len(p: &Payload) -> u64 {
+    format::payload_len(p.entries().iter().map(|e| e.len()))
+}
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn answer(reply: Option<Reply>, e: &Error) {
+    if let Some(reply) = reply {
+        let _ = reply.send(Err(e.duplicate()));
+    }
+}
+
+impl Writer {
+    /// Bytes left for frames in the current segment.
     fn room(&self) -> u64 {
-        match &self.block {
-            Some(b) if !b.segment.poisoned.load(Ordering::Acquire) => b.len - self.rel,
+        match &self.segment {
+            Some(s) if !s.poisoned.load(Ordering::Acquire) => s.len.saturating_sub(self.tail),
             _ => 0,
         }
     }
@@ -187,140 +204,162 @@ impl Writer {
         b
     }
 
+    /// The topic's span in the current segment, started at `pos` if it has none there yet.
+    fn span_for(&self, topic: &Topic, first_offset: u64, pos: u64) -> Arc<Span> {
+        let seg = self.segment.as_ref().expect("a current segment");
+        if let Some(s) = topic.spans().last()
+            && Arc::ptr_eq(&s.segment, seg)
+        {
+            return s.clone();
+        }
+        let span = Arc::new(Span::new(seg.clone(), first_offset, pos));
+        topic.push_span(span.clone());
+        span
+    }
+
+    /// Groups the requests by topic, keeping each topic's requests in queue order.
+    fn bucket(&mut self, reqs: &[Request]) {
+        self.buckets.clear();
+        self.bucket_of.clear();
+        for (i, r) in reqs.iter().enumerate() {
+            let key = Arc::as_ptr(&r.topic) as usize;
+            match self.bucket_of.get(&key) {
+                Some(&b) => self.buckets[b].1.push(i),
+                None => {
+                    self.bucket_of.insert(key, self.buckets.len());
+                    self.buckets.push((r.topic.clone(), vec![i]));
+                }
+            }
+        }
+    }
+
     /// Lays out and writes one group. Requests that could not be written are answered here;
     /// the rest are answered by [`finish`](Self::finish) once durable enough.
     async fn group(&mut self, reqs: &mut [Request]) -> Written {
         self.groups += 1;
+        let ts = now_ms().max(self.last_ts);
+        self.last_ts = ts;
+        self.bucket(reqs);
+        let buckets = std::mem::take(&mut self.buckets);
         let mut writes: Vec<Pending> = Vec::new();
         let mut buf = self.take_buf();
-        // The write being laid out: block, position in it, first request, first offset.
-        let mut cur: Option<(Arc<Block>, u64, usize, u64)> = None;
-        let mut i = 0;
-        let mut failed: Option<(usize, Error)> = None;
-        while i < reqs.len() {
-            // A frame's `first_offset + count` must fit in a u64 (`decode_frame` rejects it
-            // otherwise). Only offsets recovered from a damaged or hostile file (a block header
-            // or checkpoint near u64::MAX) get here; refuse instead of overflowing `self.next`
-            // (seen while fuzzing recovery: a panic in debug builds, reused offsets in release).
-            if self
-                .next
-                .checked_add(reqs[i].payload.len() as u64)
-                .is_none()
-            {
-                failed = Some((i, offsets_exhausted(&self.topic.name)));
-                break;
-            }
-            let one = Self::frame_len(&reqs[i].payload);
-            if self.room() < one {
-                if let Some((block, rel, first, off)) = cur.take() {
-                    let buf = std::mem::take(&mut buf);
-                    writes.push(self.pending(reqs, block, rel, buf, first..i, off));
+        // The write being laid out: its segment, position and frames.
+        let mut cur: Option<(Arc<Segment>, u64, Vec<Planned>)> = None;
+        let mut failed: Option<Error> = None;
+        for (topic, idxs) in &buckets {
+            let mut k = 0;
+            while k < idxs.len() {
+                if let Some(e) = &failed {
+                    answer(reqs[idxs[k]].reply.take(), e);
+                    k += 1;
+                    continue;
                 }
-                let header = format::block_header_len(self.topic.name.len()) as u64;
-                let (segment, pos, len) = match self.shared.alloc.allocate(header + one).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        failed = Some((i, Error::Io(e)));
+                let next = topic.write_next.load(Ordering::Relaxed);
+                // A frame's `first_offset + count` must fit in a u64 (`decode_frame` rejects
+                // it otherwise). Only offsets recovered from a damaged or hostile file get
+                // here; refuse instead of overflowing.
+                if next
+                    .checked_add(reqs[idxs[k]].payload.len() as u64)
+                    .is_none()
+                {
+                    answer(reqs[idxs[k]].reply.take(), &offsets_exhausted(&topic.name));
+                    k += 1;
+                    continue;
+                }
+                let head = (FRAME_HEADER_LEN + topic.name.len()) as u64;
+                let one = format::padded(head + payload_len(&reqs[idxs[k]].payload));
+                if self.room() < one {
+                    if let Some((segment, pos, frames)) = cur.take() {
+                        let buf = std::mem::take(&mut buf);
+                        writes.push(Pending {
+                            segment,
+                            pos,
+                            buf,
+                            frames,
+                            generation: 0,
+                        });
+                    }
+                    if let Err(e) = self.rotate(one).await {
+                        let e = Error::Io(e);
+                        answer(reqs[idxs[k]].reply.take(), &e);
+                        k += 1;
+                        failed = Some(e);
+                        continue;
+                    }
+                }
+                let seg = self.segment.clone().expect("room > 0 implies a segment");
+                let cur_frames = &mut cur
+                    .get_or_insert_with(|| (seg.clone(), self.tail, Vec::new()))
+                    .2;
+                let pos = self.tail;
+                let span = self.span_for(topic, next, pos);
+                let prev = span.written_last.load(Ordering::Relaxed);
+                let room = self.room();
+                let mut fb = FrameBuilder::begin(&mut buf, &topic.name, next, ts, prev);
+                let mut payload = 0u64;
+                let (mut entries, mut bytes, mut batches) = (0u64, 0u64, 0u64);
+                let mut replies = Vec::new();
+                while k < idxs.len() {
+                    let r = &mut reqs[idxs[k]];
+                    let add = payload_len(&r.payload);
+                    let n = r.payload.len() as u64;
+                    if fb.count() > 0
+                        && (format::padded(head + payload + add) > room
+                            || payload + add > MAX_FRAME_PAYLOAD
+                            || (next + entries).checked_add(n).is_none())
+                    {
                         break;
                     }
-                };
-                let block = Arc::new(Block {
-                    salt: format::block_salt(segment.id, pos),
-                    segment,
+                    for e in r.payload.entries() {
+                        fb.push(&mut buf, e);
+                    }
+                    payload += add;
+                    entries += n;
+                    bytes += payload_bytes(&r.payload);
+                    batches += u64::from(matches!(r.payload, Payload::Batch(_)));
+                    replies.push((n, r.reply.take()));
+                    k += 1;
+                }
+                fb.finish(&mut buf, format::frame_salt(seg.id, pos));
+                self.tail += format::padded(head + payload);
+                span.written_last.store(pos, Ordering::Relaxed);
+                topic.write_next.store(next + entries, Ordering::Relaxed);
+                self.segment_last = self.groups;
+                cur_frames.push(Planned {
+                    topic: topic.clone(),
+                    span,
                     pos,
-                    len,
-                    data_start: header as usize,
-                    first_offset: self.next,
-                    frames_end: header.into(),
-                    end_offset: self.next.into(),
-                    bytes: 0.into(),
+                    timestamp: ts,
+                    offsets: next..next + entries,
+                    replies,
+                    bytes,
+                    batches,
                 });
-                BlockHeader {
-                    segment_id: block.segment.id,
-                    len,
-                    first_offset: self.next,
-                    topic: &self.topic.name,
-                }
-                .encode(pos, &mut buf);
-                self.topic.push_block(block.clone());
-                cur = Some((block.clone(), 0, i, self.next));
-                let last = self.block_last;
-                self.retired
-                    .extend(self.block.replace(block).map(|b| (b, last)));
-                self.rel = header;
-                tracing::debug!(topic = %self.topic.name, pos, len, "block allocated");
-            } else if cur.is_none() {
-                let block = self.block.clone().expect("room > 0 implies a block");
-                cur = Some((block, self.rel, i, self.next));
             }
-            // One frame with as many requests as fit in the block.
-            let salt = cur.as_ref().map(|c| c.0.salt).unwrap_or(0);
-            let mut fb = FrameBuilder::begin(&mut buf, self.next);
-            let mut used = format::FRAME_HEADER_LEN as u64;
-            while i < reqs.len() {
-                let p = &reqs[i].payload;
-                let add = Self::frame_len(p) - format::FRAME_HEADER_LEN as u64;
-                if fb.count() > 0
-                    && (used + add > self.room()
-                        || used + add > MAX_FRAME_PAYLOAD
-                        || self.next.checked_add(p.len() as u64).is_none())
-                {
-                    break;
-                }
-                for e in p.entries() {
-                    fb.push(&mut buf, e);
-                }
-                used += add;
-                self.next += p.len() as u64;
-                i += 1;
-            }
-            fb.finish(&mut buf, salt);
-            self.rel += used;
-            self.block_last = self.groups;
         }
-        if let Some((block, rel, first, off)) = cur.take() {
-            writes.push(self.pending(reqs, block, rel, buf, first..i, off));
+        if let Some((segment, pos, frames)) = cur.take() {
+            writes.push(Pending {
+                segment,
+                pos,
+                buf,
+                frames,
+                generation: 0,
+            });
         }
-        if let Some((at, e)) = failed {
-            for r in &mut reqs[at..] {
-                if let Some(reply) = r.reply.take() {
-                    let _ = reply.send(Err(e.duplicate()));
-                }
-            }
+        self.buckets = buckets;
+        for (_, idxs) in &mut self.buckets {
+            idxs.clear();
         }
         self.write(writes).await
     }
 
-    /// Moves the replies of `reqs[range]` into a pending write.
-    fn pending(
-        &self,
-        reqs: &mut [Request],
-        block: Arc<Block>,
-        rel: u64,
-        buf: Vec<u8>,
-        range: Range<usize>,
-        first_offset: u64,
-    ) -> Pending {
-        let mut replies = Vec::with_capacity(range.len());
-        let (mut bytes, mut batches, mut entries) = (0u64, 0u64, 0u64);
-        for r in &mut reqs[range] {
-            let n = r.payload.len() as u64;
-            bytes += payload_bytes(&r.payload);
-            batches += u64::from(matches!(r.payload, Payload::Batch(_)));
-            entries += n;
-            replies.push((n, r.reply.take()));
-        }
-        Pending {
-            block,
-            rel,
-            len: buf.len() as u64,
-            buf,
-            offsets: first_offset..first_offset + entries,
-            replies,
-            bytes,
-            batches,
-            generation: 0,
-        }
+    /// Starts a new segment with room for `need` bytes.
+    async fn rotate(&mut self, need: u64) -> std::io::Result<()> {
+        let seg = self.shared.alloc.rotate(need).await?;
+        self.retire();
+        self.segment = Some(seg);
+        self.tail = PAGE;
+        Ok(())
     }
 
     /// Submits the writes of a group in order; after a failed one, the rest fail too.
@@ -330,24 +369,21 @@ impl Writer {
         let mut done = Vec::with_capacity(writes.len());
         for mut w in writes {
             if let Some(e) = &error {
-                self.fail(&mut w, e.duplicate());
+                self.fail(&mut w, e);
                 continue;
             }
-            let seg = w.block.segment.clone();
+            let seg = w.segment.clone();
             let buf = std::mem::take(&mut w.buf);
-            // A block being written keeps its segment's descriptor open.
+            // The current segment keeps its descriptor open.
             let Some(file) = seg.file() else {
                 let e = Error::Io(std::io::Error::other(
                     "segment file closed while being written",
                 ));
-                self.fail(&mut w, e.duplicate());
+                self.fail(&mut w, &e);
                 error = Some(e);
                 continue;
             };
-            let (buf, res) = shared
-                .io
-                .write_all_at(&file, w.block.pos + w.rel, buf)
-                .await;
+            let (buf, res) = shared.io.write_all_at(&file, w.pos, buf).await;
             shared
                 .stats
                 .write_submissions
@@ -361,9 +397,9 @@ impl Writer {
                     done.push(w);
                 }
                 Err(e) => {
-                    tracing::error!(topic = %self.topic.name, path = %seg.path.display(), error = %e, "write failed");
+                    tracing::error!(path = %seg.path.display(), position = w.pos, error = %e, "write failed");
                     let e = Error::Io(e);
-                    self.fail(&mut w, e.duplicate());
+                    self.fail(&mut w, &e);
                     error = Some(e);
                 }
             }
@@ -382,68 +418,72 @@ impl Writer {
             let sync_err = written
                 .synced
                 .iter()
-                .find(|(s, _)| Arc::ptr_eq(s, &w.block.segment))
+                .find(|(s, _)| Arc::ptr_eq(s, &w.segment))
                 .and_then(|(_, e)| e.as_ref());
             if let Some(e) = sync_err {
                 let e = e.duplicate();
-                self.fail(&mut w, e);
+                self.fail(&mut w, &e);
                 continue;
             }
-            w.block.bytes.fetch_add(w.bytes, Ordering::Relaxed);
-            w.block.end_offset.store(w.offsets.end, Ordering::Release);
-            w.block.frames_end.store(w.rel + w.len, Ordering::Release);
-            stats
-                .appends
-                .fetch_add(w.offsets.end - w.offsets.start, Ordering::Relaxed);
-            stats.bytes_appended.fetch_add(w.bytes, Ordering::Relaxed);
-            stats.batches.fetch_add(w.batches, Ordering::Relaxed);
-            self.topic.bytes.fetch_add(w.bytes, Ordering::Relaxed);
-            self.topic.visible.send_replace(w.offsets.end);
-            let mut off = w.offsets.start;
-            for (n, reply) in w.replies {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(off..off + n));
+            for f in w.frames {
+                let span = &f.span;
+                span.bytes.fetch_add(f.bytes, Ordering::Relaxed);
+                span.last_ts.fetch_max(f.timestamp, Ordering::Relaxed);
+                span.end_offset.store(f.offsets.end, Ordering::Release);
+                span.last_pos.store(f.pos, Ordering::Release);
+                w.segment.max_ts.fetch_max(f.timestamp, Ordering::Relaxed);
+                stats
+                    .appends
+                    .fetch_add(f.offsets.end - f.offsets.start, Ordering::Relaxed);
+                stats.bytes_appended.fetch_add(f.bytes, Ordering::Relaxed);
+                stats.batches.fetch_add(f.batches, Ordering::Relaxed);
+                f.topic.bytes.fetch_add(f.bytes, Ordering::Relaxed);
+                f.topic.visible.send_replace(f.offsets.end);
+                let mut off = f.offsets.start;
+                for (n, reply) in f.replies {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(off..off + n));
+                    }
+                    off += n;
                 }
-                off += n;
             }
         }
     }
 
-    /// Answers the requests of a write that did not complete, records its offsets as a gap and
-    /// abandons the block.
-    fn fail(&mut self, w: &mut Pending, e: Error) {
-        for (_, reply) in &mut w.replies {
-            if let Some(reply) = reply.take() {
-                let _ = reply.send(Err(e.duplicate()));
+    /// Answers the requests of a write that did not complete, records their offsets as gaps
+    /// and stops writing its segment.
+    fn fail(&mut self, w: &mut Pending, e: &Error) {
+        for f in &mut w.frames {
+            for (_, reply) in &mut f.replies {
+                answer(reply.take(), e);
             }
+            f.topic.add_gap(f.offsets.clone());
         }
-        self.topic.add_gap(w.offsets.clone());
         if self
-            .block
+            .segment
             .as_ref()
-            .is_some_and(|b| Arc::ptr_eq(b, &w.block))
+            .is_some_and(|s| Arc::ptr_eq(s, &w.segment))
         {
-            self.seal();
-            self.rel = 0;
+            self.retire();
         }
     }
 
-    /// Stops writing the current block.
-    fn seal(&mut self) {
-        let last = self.block_last;
-        self.retired.extend(self.block.take().map(|b| (b, last)));
+    /// Stops writing the current segment.
+    fn retire(&mut self) {
+        let last = self.segment_last;
+        self.retired.extend(self.segment.take().map(|s| (s, last)));
     }
 
-    /// Lets retention reclaim the segments of retired blocks whose last group is finished:
-    /// older than `oldest_in_flight`, the oldest group still waiting (none: all finished).
-    /// Under sustained pipelined load some group is always in flight, so this is per block,
-    /// not "when nothing is in flight".
+    /// Lets retention reclaim retired segments whose last group is finished: older than
+    /// `oldest_in_flight`, the oldest group still waiting (none: all finished). Under
+    /// sustained pipelined load some group is always in flight, so this is per segment, not
+    /// "when nothing is in flight".
     fn release_retired(&mut self, oldest_in_flight: Option<u64>) {
-        self.retired.retain(|(b, last)| {
+        self.retired.retain(|(s, last)| {
             let done = oldest_in_flight.is_none_or(|oldest| *last < oldest);
             if done {
-                b.segment.active.fetch_sub(1, Ordering::SeqCst);
-                b.segment.close_if_sealed();
+                s.active.fetch_sub(1, Ordering::SeqCst);
+                s.close_if_sealed();
             }
             !done
         });

@@ -55,12 +55,13 @@ async fn a_sync_period_past_a_day_is_refused() {
 }
 
 #[tokio::test]
-async fn huge_block_and_segment_sizes_never_overflow() {
+async fn huge_segment_sizes_are_refused_and_the_block_setting_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let b = || Walrus::builder().data_dir(dir.path());
     refused(b().segment_bytes(u64::MAX), "segment_bytes").await;
-    // Documented: a block is capped by the segment size.
-    for block in [u64::MAX, u64::MAX - 4095, 1 << 63] {
+    // Format 3 has no blocks: the old setting is accepted and changes nothing.
+    for block in [u64::MAX, u64::MAX - 4095, 1 << 63, 0] {
+        #[allow(deprecated)]
         let wal = b()
             .segment_bytes(64 << 10)
             .block_bytes(block)

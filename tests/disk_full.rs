@@ -27,7 +27,6 @@ async fn enospc_fails_cleanly_and_clears_without_restart() {
         Walrus::builder()
             .data_dir(dir.path().join("wal"))
             .segment_bytes(64 << 10)
-            .block_bytes(16 << 10)
             .fsync(FsyncSchedule::SyncEach)
             .open()
     };

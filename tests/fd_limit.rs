@@ -25,7 +25,6 @@ async fn many_more_segments_than_descriptors() {
         Walrus::builder()
             .data_dir(dir.path())
             .segment_bytes(64 << 10)
-            .block_bytes(4 << 10)
             .fsync(FsyncSchedule::NoFsync)
             .open()
     };

@@ -82,12 +82,13 @@ async fn reads_cross_many_blocks_and_segments() {
     let dir = tempfile::tempdir().unwrap();
     let wal = common::small(dir.path()).open().await.unwrap();
     let n = 3000u64;
+    // A topic nobody consumes pins every segment it has frames in: here only the first.
+    wal.append("other", "unconsumed").await.unwrap();
     for chunk in 0..(n / 100) {
         let batch: Vec<Vec<u8>> = (0..100)
             .map(|i| vec![(chunk * 100 + i) as u8; 700])
             .collect();
         wal.append_batch("t", batch).await.unwrap();
-        wal.append("other", "interleaved").await.unwrap();
     }
     assert!(wal.stats().segments > 4);
     let mut got = 0u64;

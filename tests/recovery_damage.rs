@@ -1,5 +1,5 @@
 //! Recovery from files damaged on purpose: torn, zeroed and garbage tails, flipped bits,
-//! unwritten blocks, damaged headers, truncated and extended files.
+//! damaged frame and segment headers, truncated and extended files.
 
 mod common;
 
@@ -19,7 +19,7 @@ async fn ten_frames(dir: &Path) -> Vec<u64> {
     }
     wal.close().await.unwrap();
     let seg = &common::segments(dir)[0];
-    let frames = frame_positions(&std::fs::read(seg).unwrap(), PAGE, 1);
+    let frames = frame_positions(&std::fs::read(seg).unwrap(), Some("t"));
     assert_eq!(frames.len(), 10);
     frames
 }
@@ -46,7 +46,7 @@ async fn torn_tail_is_cut_and_its_offset_handed_out_again() {
     let dir = tempfile::tempdir().unwrap();
     let frames = ten_frames(dir.path()).await;
     let last = frames[9] as usize;
-    edit(dir.path(), |b| b[last + 26..last + 40].fill(0)); // tear inside the payload
+    edit(dir.path(), |b| b[last + 46..last + 52].fill(0)); // tear inside the payload
     let wal = reopen(dir.path()).await;
     assert_eq!(common::all_entries(&wal, "t").await, want(0..9));
     assert_eq!(wal.stats().checksum_failures, 1);
@@ -58,7 +58,7 @@ async fn torn_tail_is_cut_and_its_offset_handed_out_again() {
 async fn zeroed_tail_is_cut_without_counting_damage() {
     let dir = tempfile::tempdir().unwrap();
     let frames = ten_frames(dir.path()).await;
-    let (a, b) = (frames[8] as usize, frames[9] as usize + 40);
+    let (a, b) = (frames[8] as usize, frames[9] as usize + 56);
     edit(dir.path(), |bytes| bytes[a..b].fill(0));
     let wal = reopen(dir.path()).await;
     assert_eq!(common::all_entries(&wal, "t").await, want(0..8));
@@ -71,7 +71,7 @@ async fn zeroed_tail_is_cut_without_counting_damage() {
 async fn garbage_after_the_last_frame_is_not_taken_for_data() {
     let dir = tempfile::tempdir().unwrap();
     let frames = ten_frames(dir.path()).await;
-    let end = frames[9] as usize + FRAME_HEADER as usize + 8;
+    let end = frames[9] as usize + 56; // 44 + "t" + 8 bytes of payload, padded
     edit(dir.path(), |b| {
         for (i, x) in b[end..end + 3000].iter_mut().enumerate() {
             *x = (i * 7 + 1) as u8;
@@ -87,7 +87,7 @@ async fn garbage_after_the_last_frame_is_not_taken_for_data() {
 async fn flipped_bit_in_the_middle_skips_one_frame_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let frames = ten_frames(dir.path()).await;
-    let at = frames[4] as usize + FRAME_HEADER as usize + 3;
+    let at = frames[4] as usize + FRAME_HEADER as usize + 1 + 3; // in the payload
     edit(dir.path(), |b| b[at] ^= 0x10);
     let wal = reopen(dir.path()).await;
     let expect: Vec<_> = want((0..10).filter(|&i| i != 4));
@@ -109,40 +109,20 @@ async fn flipped_bit_in_the_middle_skips_one_frame_and_keeps_the_rest() {
 }
 
 #[tokio::test]
-async fn damaged_length_drops_the_rest_of_the_block() {
+async fn a_damaged_length_field_skips_that_frame_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let frames = ten_frames(dir.path()).await;
-    let at = frames[4] as usize + 5; // the length field
+    let at = frames[4] as usize + 9; // the payload length field, under the header checksum
     edit(dir.path(), |b| b[at] ^= 0x01);
     let wal = reopen(dir.path()).await;
-    assert_eq!(common::all_entries(&wal, "t").await, want(0..4));
+    let expect: Vec<_> = want((0..10).filter(|&i| i != 4));
+    assert_eq!(common::all_entries(&wal, "t").await, expect);
     assert_eq!(wal.stats().checksum_failures, 1);
-    assert_eq!(wal.append("t", "x").await.unwrap(), 4);
+    assert_eq!(wal.append("t", "x").await.unwrap(), 10);
 }
 
 #[tokio::test]
-async fn an_unwritten_block_does_not_hide_later_blocks() {
-    let dir = tempfile::tempdir().unwrap();
-    let wal = common::small(dir.path()).open().await.unwrap();
-    wal.append("a", "a0").await.unwrap(); // block at 4096
-    wal.append("b", "b0").await.unwrap(); // next block
-    wal.append("b", "b1").await.unwrap();
-    wal.close().await.unwrap();
-    // Make a's block look allocated but never written.
-    edit(dir.path(), |b| {
-        b[PAGE as usize..(PAGE + 16 * 1024) as usize].fill(0)
-    });
-    let wal = reopen(dir.path()).await;
-    assert_eq!(
-        common::all_entries(&wal, "b").await,
-        vec![(0, b"b0".to_vec()), (1, b"b1".to_vec())]
-    );
-    assert!(common::all_entries(&wal, "a").await.is_empty());
-    assert_eq!(wal.stats().checksum_failures, 0);
-}
-
-#[tokio::test]
-async fn damaged_segment_header_still_recovers_its_blocks() {
+async fn a_damaged_segment_header_is_read_from_its_copy() {
     let dir = tempfile::tempdir().unwrap();
     ten_frames(dir.path()).await;
     edit(dir.path(), |b| b[20] ^= 0xff);
@@ -235,38 +215,6 @@ async fn random_damage_never_panics_and_never_returns_wrong_data() {
     }
 }
 
-/// An allocated block that was never written is a preallocated (unwritten) extent, which
-/// recovery skips with `SEEK_DATA`; punching a hole reproduces it exactly.
-#[cfg(target_os = "linux")]
-#[tokio::test]
-async fn a_never_written_block_that_is_a_real_hole_does_not_hide_later_blocks() {
-    use std::os::fd::AsRawFd;
-    let dir = tempfile::tempdir().unwrap();
-    let wal = common::small(dir.path()).open().await.unwrap();
-    wal.append("a", vec![1u8; 100_000]).await.unwrap(); // a block of 25 pages at 4096
-    wal.append("b", "b0").await.unwrap();
-    wal.close().await.unwrap();
-    let seg = common::segments(dir.path())[0].clone();
-    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    // SAFETY: plain syscall on an open file.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            PAGE as libc::off_t,
-            (25 * PAGE) as libc::off_t,
-        )
-    };
-    assert_eq!(r, 0, "punch hole: {}", std::io::Error::last_os_error());
-    drop(f);
-    let wal = reopen(dir.path()).await;
-    assert!(common::all_entries(&wal, "a").await.is_empty());
-    assert_eq!(
-        common::all_entries(&wal, "b").await,
-        vec![(0, b"b0".to_vec())]
-    );
-}
-
 #[tokio::test]
 async fn offsets_never_go_below_a_persisted_checkpoint_after_a_lost_tail() {
     let dir = tempfile::tempdir().unwrap();
@@ -313,13 +261,13 @@ async fn segments_whose_creation_was_cut_short_are_removed() {
 }
 
 #[tokio::test]
-async fn a_damaged_block_header_is_counted_and_later_blocks_survive() {
+async fn a_damaged_frame_header_of_one_topic_does_not_hide_the_next_frames() {
     let dir = tempfile::tempdir().unwrap();
     let wal = common::small(dir.path()).open().await.unwrap();
-    wal.append("a", "a0").await.unwrap(); // block at 4096
-    wal.append("b", "b0").await.unwrap(); // next block
+    wal.append("a", "a0").await.unwrap(); // the first frame, at 4096
+    wal.append("b", "b0").await.unwrap(); // the next one
     wal.close().await.unwrap();
-    edit(dir.path(), |b| b[PAGE as usize + 20] ^= 0x40); // a's block length field
+    edit(dir.path(), |b| b[PAGE as usize + 20] ^= 0x40); // a's first offset
     let wal = reopen(dir.path()).await;
     assert!(common::all_entries(&wal, "a").await.is_empty());
     assert_eq!(

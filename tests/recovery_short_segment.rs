@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{FRAME_HEADER, PAGE};
+use common::FRAME_HEADER;
 use walrus_async::Walrus;
 
 #[tokio::test]
@@ -24,10 +24,10 @@ async fn a_segment_cut_inside_an_entry_keeps_the_entries_before_it() {
     let segs = common::segments(dir.path());
     assert_eq!(segs.len(), 1);
     let bytes = std::fs::read(&segs[0]).unwrap();
-    let frames = common::frame_positions(&bytes, PAGE, 1);
+    let frames = common::frame_positions(&bytes, Some("t"));
     assert_eq!(frames.len(), 20, "one frame per sequential append");
     // Inside entry 19's payload (after its 2-byte length prefix).
-    let cut = frames[19] + FRAME_HEADER + 2 + 500;
+    let cut = frames[19] + FRAME_HEADER + 1 + 2 + 500;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&segs[0])

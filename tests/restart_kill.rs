@@ -52,7 +52,6 @@ fn builder(dir: &str, round: u32) -> walrus_async::WalrusBuilder {
     Walrus::builder()
         .data_dir(dir)
         .segment_bytes(256 << 10)
-        .block_bytes(8 << 10)
         .fsync(schedule(round))
         .consistency(consistency(round))
         // Half the rounds send every write through the I/O backend (io_uring under CI's first

@@ -10,10 +10,7 @@ use walrus_async::{Error, Walrus, WalrusBuilder};
 
 fn builder(dir: &Path) -> WalrusBuilder {
     // 64 KiB segments of 8 KiB blocks: a file every ~60 entries of 1 KiB.
-    Walrus::builder()
-        .data_dir(dir)
-        .segment_bytes(64 << 10)
-        .block_bytes(8 << 10)
+    Walrus::builder().data_dir(dir).segment_bytes(64 << 10)
 }
 
 async fn fill(wal: &Walrus, topic: &str, n: u64) {

@@ -15,7 +15,6 @@ async fn a_finished_block_is_released_while_a_later_group_waits_for_its_sync() {
     let wal = Walrus::builder()
         .data_dir(dir.path())
         .segment_bytes(64 << 10)
-        .block_bytes(60 << 10)
         .fsync(FsyncSchedule::SyncEach)
         .retention_bytes(1) // every sealed file may go
         .fail_points(f.clone())

@@ -202,7 +202,6 @@ async fn a_stream_crosses_many_blocks_and_segments_in_order() {
     let wal = Walrus::builder()
         .data_dir(dir.path())
         .segment_bytes(64 << 10)
-        .block_bytes(4 << 10)
         .open()
         .await
         .unwrap();

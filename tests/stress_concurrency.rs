@@ -40,7 +40,6 @@ async fn everything_races_and_nothing_is_lost_or_stuck() {
         ][round % 3];
         let wal = common::small(dir.path())
             .segment_bytes(walrus_async::MIN_SEGMENT_BYTES)
-            .block_bytes(4096)
             .fsync(schedule)
             .consistency(ReadConsistency::AtLeastOnce { persist_every: 7 })
             .queue_capacity(8)
@@ -210,7 +209,6 @@ async fn race(wal: &Walrus, dir: &std::path::Path, round: usize) {
     let reopened = Walrus::builder()
         .data_dir(dir)
         .segment_bytes(walrus_async::MIN_SEGMENT_BYTES)
-        .block_bytes(4096)
         .open()
         .await
         .unwrap();

@@ -37,7 +37,7 @@ async fn events_at_the_documented_levels() {
     wal.close().await.unwrap();
     let seg = common::segments(dir.path())[0].clone();
     let mut bytes = std::fs::read(&seg).unwrap();
-    let frames = common::frame_positions(&bytes, common::PAGE, 1);
+    let frames = common::frame_positions(&bytes, Some("t"));
     bytes[frames[1] as usize + 30] ^= 1;
     std::fs::write(&seg, bytes).unwrap();
     let wal = common::small(dir.path()).open().await.unwrap();

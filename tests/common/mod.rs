@@ -10,7 +10,6 @@ pub fn small(dir: &Path) -> WalrusBuilder {
     Walrus::builder()
         .data_dir(dir)
         .segment_bytes(256 << 10)
-        .block_bytes(16 << 10)
         .fsync(FsyncSchedule::SyncEach)
 }
 
@@ -40,27 +39,34 @@ pub async fn all_entries(wal: &Walrus, topic: &str) -> Vec<(u64, Vec<u8>)> {
 
 /// Frame layout constants from docs/FORMAT.md, for tests that damage files on purpose.
 pub const PAGE: u64 = 4096;
-pub const FRAME_HEADER: u64 = 24;
+/// The fixed part of a frame header; the topic name follows, then the payload.
+pub const FRAME_HEADER: u64 = 44;
 
-/// Where the first frame of the block at `block_pos` starts, for a topic name of `len` bytes.
-pub fn first_frame(block_pos: u64, topic_len: usize) -> u64 {
-    block_pos + ((40 + topic_len as u64 + 7) & !7)
+/// Positions of the frames of `topic` in a segment file (all topics' frames when `None`),
+/// found by reading the length fields from the first frame on (stops at zeros or damage).
+pub fn frame_positions(file: &[u8], topic: Option<&str>) -> Vec<u64> {
+    let mut pos = PAGE;
+    let mut out = Vec::new();
+    while (pos + FRAME_HEADER) as usize <= file.len() {
+        let p = pos as usize;
+        let h = &file[p..p + FRAME_HEADER as usize];
+        if h.iter().all(|&b| b == 0) || h[40] != 1 {
+            break;
+        }
+        let topic_len = u64::from(h[41]);
+        let payload = u64::from(u32::from_le_bytes(h[8..12].try_into().unwrap()));
+        let name = &file[p + 44..p + 44 + topic_len as usize];
+        if topic.is_none_or(|t| t.as_bytes() == name) {
+            out.push(pos);
+        }
+        pos = (pos + FRAME_HEADER + topic_len + payload + 7) & !7;
+    }
+    out
 }
 
-/// Positions of the frames of the block at `block_pos` (reads the length fields).
-pub fn frame_positions(file: &[u8], block_pos: u64, topic_len: usize) -> Vec<u64> {
-    let mut pos = first_frame(block_pos, topic_len);
-    let mut out = Vec::new();
-    loop {
-        let p = pos as usize;
-        let h = &file[p..p + 24];
-        if h.iter().all(|&b| b == 0) {
-            return out;
-        }
-        out.push(pos);
-        let len = u32::from_le_bytes(h[4..8].try_into().unwrap()) as u64;
-        pos += FRAME_HEADER + len;
-    }
+/// Where the payload of the frame at `pos` starts.
+pub fn payload_start(file: &[u8], pos: u64) -> u64 {
+    pos + FRAME_HEADER + u64::from(file[pos as usize + 41])
 }
 
 /// Opens once the previous handle's background tasks have let go of the directory lock (they
