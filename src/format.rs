@@ -300,6 +300,7 @@ impl FrameBuilder {
 
 /// Bytes a frame of a topic of `topic_len` bytes with entries of the given lengths takes on
 /// disk, padding included.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn frame_len(topic_len: usize, entry_lens: impl Iterator<Item = usize>) -> u64 {
     padded(FRAME_HEADER_LEN as u64 + topic_len as u64 + payload_len(entry_lens))
 }

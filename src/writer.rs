@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -69,6 +69,48 @@ struct Pending {
 struct Written {
     writes: Vec<Pending>,
     synced: Vec<(Arc<Segment>, Option<Error>)>,
+    /// Requests in the group.
+    requests: usize,
+    /// How long the group waited for durability.
+    sync_time: Duration,
+}
+
+/// How long the next group may wait for requests that are about to arrive (`SyncEach`).
+///
+/// `// NOTE:` why: the producers a group answers come back with their next append a few task
+/// hops later, while a group taken at once holds only the first of them. It would be synced
+/// alone, and the rest would wait for the next fsync: `n` producers settle into cohorts that
+/// take turns, each append waiting two fsyncs. So when no group is waiting for its fsync, the
+/// writer first yields to the runtime until as many requests wait as the last group answered,
+/// for at most a quarter of that group's sync time (Tokio's timers are too coarse for tens of
+/// microseconds; yields are not). A lone producer never waits: its request is all there is.
+#[derive(Default)]
+struct Gather {
+    expect: usize,
+    patience: Duration,
+}
+
+/// Yields at most this many times per group while gathering.
+const GATHER_YIELDS: usize = 16;
+
+impl Gather {
+    async fn gather(&self, rx: &mut mpsc::Receiver<Request>, reqs: &mut Vec<Request>, cap: usize) {
+        if reqs.len() >= self.expect || self.patience.is_zero() {
+            return;
+        }
+        let until = Instant::now() + self.patience;
+        for _ in 0..GATHER_YIELDS {
+            tokio::task::yield_now().await;
+            while reqs.len() < cap
+                && let Ok(r) = rx.try_recv()
+            {
+                reqs.push(r);
+            }
+            if reqs.len() >= self.expect.min(cap) || Instant::now() >= until {
+                return;
+            }
+        }
+    }
 }
 
 struct Writer {
@@ -113,11 +155,17 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, la
     // Sequence numbers of the groups in `in_flight`, oldest first (it finishes them in order).
     let mut in_flight_seqs = std::collections::VecDeque::new();
     let mut open = true;
+    let mut gather = Gather::default();
     while open || !in_flight.is_empty() {
         tokio::select! {
             biased;
             Some(written) = in_flight.next(), if !in_flight.is_empty() => {
+                let written: Written = written;
                 in_flight_seqs.pop_front();
+                gather = Gather {
+                    expect: written.requests,
+                    patience: written.sync_time / 4,
+                };
                 w.finish(written);
                 w.release_retired(in_flight_seqs.front().copied());
             }
@@ -125,6 +173,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, la
                 if n == 0 {
                     open = false;
                     continue;
+                }
+                if sync_each && in_flight.is_empty() {
+                    gather.gather(&mut rx, &mut reqs, cap).await;
                 }
                 let written = w.group(&mut reqs).await;
                 reqs.clear();
@@ -145,6 +196,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, la
 /// Waits until every segment a group wrote to is durable up to the group's writes. Each write
 /// gets its own segment's result.
 async fn durable(shared: Arc<Shared>, mut written: Written) -> Written {
+    let started = Instant::now();
     let mut segs: Vec<(Arc<Segment>, u64)> = Vec::new();
     for w in &written.writes {
         match segs.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &w.segment)) {
@@ -156,6 +208,7 @@ async fn durable(shared: Arc<Shared>, mut written: Written) -> Written {
         let err = shared.durability.sync(seg.clone(), generation).await.err();
         written.synced.push((seg, err));
     }
+    written.sync_time = started.elapsed();
     written
 }
 
@@ -350,7 +403,9 @@ impl Writer {
         for (_, idxs) in &mut self.buckets {
             idxs.clear();
         }
-        self.write(writes).await
+        let mut written = self.write(writes).await;
+        written.requests = reqs.len();
+        written
     }
 
     /// Starts a new segment with room for `need` bytes.
@@ -407,6 +462,8 @@ impl Writer {
         Written {
             writes: done,
             synced: Vec::new(),
+            requests: 0,
+            sync_time: Duration::ZERO,
         }
     }
 
