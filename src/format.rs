@@ -632,3 +632,124 @@ impl Iterator for SegmentScan<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_at(
+        pos: usize,
+        id: u64,
+        topic: &str,
+        first: u64,
+        entries: &[&[u8]],
+        prev: u64,
+    ) -> Vec<u8> {
+        let mut out = vec![0u8; pos];
+        let mut fb = FrameBuilder::begin(&mut out, topic, first, 42, prev);
+        for e in entries {
+            fb.push(&mut out, e);
+        }
+        fb.finish(&mut out, frame_salt(id, pos as u64));
+        out
+    }
+
+    #[test]
+    fn segment_header_roundtrip_and_copy() {
+        let h = SegmentHeader {
+            segment_id: 1,
+            created_ms: 2,
+            len: 3,
+            log_id: 4,
+        };
+        let mut page = h.encode_page();
+        assert_eq!(SegmentHeader::decode_page(&page), Ok(h));
+        page[20] ^= 1;
+        assert_eq!(SegmentHeader::decode(&page), Err(DecodeError::Checksum));
+        assert_eq!(SegmentHeader::decode_page(&page), Ok(h), "the copy");
+        page[SEGMENT_HEADER_COPY + 20] ^= 1;
+        assert_eq!(
+            SegmentHeader::decode_page(&page),
+            Err(DecodeError::Checksum)
+        );
+        assert_eq!(
+            SegmentHeader::decode_page(&[0u8; 100]),
+            Err(DecodeError::Zero)
+        );
+    }
+
+    #[test]
+    fn frames_roundtrip_and_are_bound_to_their_position() {
+        let img = frame_at(8192, 9, "orders", 7, &[b"a", b"", &[1u8; 300]], 4096);
+        assert_eq!(img.len() % 8, 0);
+        let f = decode_frame(&img, 8192, img.len(), 9).unwrap();
+        assert_eq!(
+            (f.first_offset, f.count, f.timestamp, f.prev),
+            (7, 3, 42, 4096)
+        );
+        assert_eq!(f.topic(&img), b"orders");
+        assert_eq!(f.next, img.len());
+        assert_eq!(
+            frame_len(6, [1usize, 0, 300].into_iter()),
+            (img.len() - 8192) as u64
+        );
+        let got: Vec<&[u8]> = FrameEntries::new(&img, &f).map(|r| &img[r]).collect();
+        assert_eq!(got, [&b"a"[..], b"", &[1u8; 300]]);
+        // Another segment, or another position: no checksum holds.
+        assert_eq!(
+            decode_frame(&img, 8192, img.len(), 8),
+            Err(DecodeError::Checksum)
+        );
+        let mut moved = vec![0u8; 8];
+        moved.extend_from_slice(&img);
+        assert!(decode_frame(&moved, 8200, moved.len(), 9).is_err());
+        // Cut short.
+        assert_eq!(
+            decode_frame(&img, 8192, img.len() - 8, 9),
+            Err(DecodeError::Short)
+        );
+    }
+
+    #[test]
+    fn scan_steps_over_damage_and_stops_at_zeros() {
+        let mut img = frame_at(4096, 1, "t", 0, &[b"one"], 0);
+        let second = img.len();
+        img = {
+            let mut v = frame_at(second, 1, "t", 1, &[b"two"], 4096);
+            v[..second].copy_from_slice(&img);
+            v
+        };
+        let third = img.len();
+        img = {
+            let mut v = frame_at(third, 1, "u", 0, &[b"three"], 0);
+            v[..third].copy_from_slice(&img);
+            v
+        };
+        img.extend_from_slice(&[0u8; 64]);
+        let kinds = |img: &[u8]| -> Vec<(char, usize)> {
+            SegmentScan::new(img, 1, 4096, img.len())
+                .map(|i| match i {
+                    ScanItem::Frame(f) => ('F', f.pos),
+                    ScanItem::Skipped { pos, .. } => ('S', pos),
+                    ScanItem::End { pos, error } => {
+                        (if error == DecodeError::Zero { 'Z' } else { 'E' }, pos)
+                    }
+                })
+                .collect()
+        };
+        let end = img.len() - 64;
+        assert_eq!(
+            kinds(&img),
+            [('F', 4096), ('F', second), ('F', third), ('Z', end)]
+        );
+        let mut damaged = img.clone();
+        damaged[second + 46] ^= 1; // in its payload
+        assert_eq!(
+            kinds(&damaged),
+            [('F', 4096), ('S', second), ('F', third), ('Z', end)]
+        );
+        let mut torn = img.clone();
+        torn[third + 46] ^= 1;
+        assert_eq!(kinds(&torn), [('F', 4096), ('F', second), ('E', third)]);
+    }
+}

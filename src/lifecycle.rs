@@ -336,6 +336,9 @@ fn prepare(
         };
         crate::io::sync_dir(&trace, parent).map_err(dir_error(parent))?;
     }
+    // Before anything in the directory is written (the lock file included): a log of another
+    // format is refused whole.
+    storage::check_format(dir)?;
     let lock_path = dir.join("LOCK");
     let lock_file = OpenOptions::new()
         .read(true)
@@ -353,8 +356,6 @@ fn prepare(
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(dir_error(dir)(e)),
     }
-    // Before anything in the directory is written: a log of another format is refused whole.
-    storage::check_format(dir)?;
     let log_id = storage::log_id(dir, &trace)?;
     let recovered = storage::recover(dir, log_id, &trace).map_err(dir_error(dir))?;
     let checkpoints = CheckpointStore::open(dir, trace).map_err(dir_error(dir))?;

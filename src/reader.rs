@@ -307,3 +307,64 @@ fn scan_forward(span: &Span, topic: &str, after: Option<u64>, last: u64) -> Vec<
     }
     found
 }
+
+/// The first offset of `topic` whose entry was appended at or after `t` (ms since the Unix
+/// epoch), among its published frames; `None` if every published entry is older.
+///
+/// Timestamps never go back within a log (the writer takes the larger of the clock and the
+/// last one, also across restarts), so spans and the frames in each are ordered by time:
+/// a binary search finds the span, and its chain is walked back only as far as `t`.
+pub(crate) fn offset_for_time(topic: &Topic, t: u64) -> Option<u64> {
+    let spans: Vec<Arc<Span>> = {
+        let spans = topic.spans();
+        // Spans never published (the writer's newest, or one whose write failed) carry no
+        // time and may sit anywhere: the search can land early, never late, and the scan
+        // below moves on to the first span that has an entry that recent.
+        let idx = spans.partition_point(|s| {
+            s.last_pos.load(Ordering::Acquire) != 0 && s.last_ts.load(Ordering::Acquire) < t
+        });
+        spans[idx..]
+            .iter()
+            .filter(|s| {
+                s.last_pos.load(Ordering::Acquire) != 0 && s.last_ts.load(Ordering::Acquire) >= t
+            })
+            .take(2)
+            .cloned()
+            .collect()
+    };
+    spans
+        .iter()
+        .find_map(|s| span_offset_for_time(s, &topic.name, t))
+}
+
+fn span_offset_for_time(span: &Span, topic: &str, t: u64) -> Option<u64> {
+    let map = &span.segment.map;
+    let id = span.segment.id;
+    if !span.broken.load(Ordering::Acquire) {
+        let mut p = span.last_pos.load(Ordering::Acquire);
+        let mut found = None;
+        while p >= span.first_pos && p != 0 {
+            let Ok(h) = format::decode_header(map, p as usize, map.len(), id) else {
+                span.broken.store(true, Ordering::Release);
+                return offset_for_time_scan(span, topic, t);
+            };
+            if h.timestamp < t {
+                break;
+            }
+            found = Some(h.first_offset);
+            p = h.prev;
+        }
+        return found;
+    }
+    offset_for_time_scan(span, topic, t)
+}
+
+fn offset_for_time_scan(span: &Span, topic: &str, t: u64) -> Option<u64> {
+    let map = &span.segment.map;
+    let last = span.last_pos.load(Ordering::Acquire);
+    scan_forward(span, topic, None, last)
+        .into_iter()
+        .filter_map(|p| format::decode_header(map, p as usize, map.len(), span.segment.id).ok())
+        .find(|h| h.timestamp >= t)
+        .map(|h| h.first_offset)
+}

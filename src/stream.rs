@@ -213,6 +213,35 @@ impl TopicStream {
         Ok(())
     }
 
+    /// Repositions the stream at the first entry appended at or after `time` (milliseconds
+    /// since the Unix epoch; see [`Walrus::offset_for_time`](crate::Walrus::offset_for_time)),
+    /// or, if every entry is older, at the end: the next item is then the next entry
+    /// appended. The checkpoint is unchanged.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> walrus_async::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let wal = walrus_async::Walrus::open(dir.path()).await?;
+    /// wal.append("orders", "old").await?;
+    /// let mut stream = wal.subscribe_as("orders", "audit")?;
+    /// stream.seek_time(u64::MAX)?; // past everything: only new entries
+    /// wal.append("orders", "new").await?;
+    /// assert_eq!(&stream.next().await.unwrap()?.data[..], b"new");
+    /// # Ok(()) }
+    /// ```
+    pub fn seek_time(&mut self, time: u64) -> Result<()> {
+        if self.shared.is_closed() {
+            return Err(self.shared.stopped());
+        }
+        let target = crate::reader::offset_for_time(&self.topic, time)
+            .filter(|&o| o < self.topic.visible())
+            .unwrap_or_else(|| self.topic.next_offset());
+        let oldest = self.topic.oldest.load(Ordering::Acquire);
+        self.seek(target.max(oldest))
+    }
+
     /// The next entries, at least one, and beyond the first no more than `max_bytes` of payload:
     /// for consumers that process in batches. Waits like the stream does; returns an empty
     /// vector once the log is closed.

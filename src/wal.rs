@@ -59,6 +59,7 @@ pub struct Stats {
 
 /// Backlog of one registered consumer, in [`Stats::consumers`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerLag {
     /// The topic.
     pub topic: String,
@@ -453,6 +454,39 @@ impl Walrus {
             });
         }
         Ok(out)
+    }
+
+    /// The offset of the first entry of `topic` appended at or after `time` (milliseconds
+    /// since the Unix epoch, as [`Entry::timestamp`]), or `None` if every retained entry is
+    /// older (or the topic has none). A time before the oldest retained entry gives that
+    /// entry's offset.
+    ///
+    /// Entry times come from the log's clock when their group was written and never go back
+    /// (see [`Entry::timestamp`]), so the answer is found by binary search over the topic's
+    /// spans and a walk within one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> walrus_async::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let wal = walrus_async::Walrus::open(dir.path()).await?;
+    /// wal.append("orders", "a").await?;
+    /// let t = wal.read_at("orders", 0, 0).await?[0].timestamp;
+    /// assert_eq!(wal.offset_for_time("orders", t)?, Some(0));
+    /// assert_eq!(wal.offset_for_time("orders", t + 1)?, None);
+    /// # Ok(()) }
+    /// ```
+    pub fn offset_for_time(&self, topic: &str, time: u64) -> Result<Option<u64>> {
+        self.check_open()?;
+        validate_topic(topic)?;
+        let Some(t) = self.topic(topic) else {
+            return Ok(None);
+        };
+        Ok(crate::reader::offset_for_time(&t, time).and_then(|o| {
+            let oldest = t.oldest.load(Ordering::Acquire);
+            // Only what a reader may see: visible, and still retained.
+            (o < t.visible()).then(|| o.max(oldest))
+        }))
     }
 
     /// A tailing stream of `topic` for its default consumer: the cursor `read_next` and
