@@ -14,7 +14,7 @@ export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
 
 targets=(frame_decoder segment_scanner checkpoint_decoder dir_recovery)
 # Segment images need room for several 4 KiB pages; the others stay small.
-declare -A max_len=([frame_decoder]=8192 [segment_scanner]=32768 [checkpoint_decoder]=4096 [dir_recovery]=32768)
+declare -A max_len=([frame_decoder]=20000 [segment_scanner]=32768 [checkpoint_decoder]=4096 [dir_recovery]=32768)
 
 cargo +nightly run -q --release --bin gen_seeds -- corpus || exit 1
 cargo +nightly fuzz build || exit 1

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use walrus_async::{IoBackend, MIN_SEGMENT_BYTES, ReadConsistency, Walrus};
 use walrus_fuzz::{DirInput, PAGE, SegmentFile};
 
-/// `walrus_async::fuzzing::FRAME_PARAMS_LEN` bytes: salt, expected offset, position, cut.
-fn frame_params(salt: u32, expected: u64, pos: u16) -> Vec<u8> {
+/// `walrus_async::fuzzing::FRAME_PARAMS_LEN` bytes: segment id, position, cut.
+fn frame_params(segment_id: u64, pos: u16) -> Vec<u8> {
     let mut p = Vec::new();
-    p.extend_from_slice(&salt.to_le_bytes());
-    p.extend_from_slice(&expected.to_le_bytes());
+    p.extend_from_slice(&segment_id.to_le_bytes());
     p.extend_from_slice(&pos.to_le_bytes());
     p.extend_from_slice(&0u16.to_le_bytes());
     assert_eq!(p.len(), walrus_async::fuzzing::FRAME_PARAMS_LEN);
@@ -37,7 +36,6 @@ async fn lifetime(dir: &Path, round: u32) -> walrus_async::Result<()> {
         .data_dir(dir)
         .io_backend(IoBackend::Blocking)
         .segment_bytes(MIN_SEGMENT_BYTES)
-        .block_bytes(PAGE as u64)
         .consistency(ReadConsistency::StrictlyAtOnce)
         .open()
         .await?;
@@ -85,29 +83,23 @@ fn main() {
     for (i, image) in images.iter().enumerate() {
         let seg = trimmed(image);
         write("segment_scanner", format!("seed-{i}"), seg);
-        // Every block: its frames with the parameters recovery would use.
+        // The stream from its first frame, as a segment image cut to the first 16 KiB: one
+        // seed starting at each of its first frames.
         let segment_id = le_u64(seg, 16);
+        let image = &seg[..seg.len().min(16 << 10)];
         let mut pos = PAGE;
-        while pos + 40 <= seg.len() {
-            let b = &seg[pos..];
-            if &b[..4] != b"WBLK" {
-                pos += PAGE;
-                continue;
+        while pos + 44 <= image.len() && frames < 8 * (i + 1) {
+            let h = &image[pos..pos + 44];
+            if h.iter().all(|&x| x == 0) {
+                break;
             }
-            let topic_len = usize::from(u16::from_le_bytes([b[6], b[7]]));
-            let len = le_u64(b, 16) as usize;
-            let first_offset = le_u64(b, 24);
-            let data_start = (40 + topic_len + 7) & !7;
-            let mut h = crc32fast::Hasher::new();
-            h.update(&segment_id.to_le_bytes());
-            h.update(&(pos as u64).to_le_bytes());
-            let block = &b[..len.min(b.len())];
-            let used = block.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
-            let mut seed = frame_params(h.finalize(), first_offset, data_start as u16);
-            seed.extend_from_slice(&block[..used]);
+            let mut seed = frame_params(segment_id, pos as u16);
+            seed.extend_from_slice(image);
             write("frame_decoder", format!("seed-{frames}"), &seed);
             frames += 1;
-            pos += len.max(PAGE);
+            let topic_len = usize::from(h[41]);
+            let payload = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
+            pos = (pos + 44 + topic_len + payload + 7) & !7;
         }
     }
     write("checkpoint_decoder", "seed-0".into(), &checkpoints);

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use walrus_async::{Error, IoBackend, MIN_SEGMENT_BYTES, Walrus};
 
-/// Page size of the segment format (blocks are page aligned).
+/// Page size of the segment format (the first frame starts after one page).
 pub const PAGE: usize = 4096;
 
 const FLAG_CHECKPOINTS: u8 = 1 << 2;
@@ -151,7 +151,6 @@ async fn exercise(dir: &Path, append: bool, input_len: u64) {
         .data_dir(dir)
         .io_backend(IoBackend::Blocking)
         .segment_bytes(MIN_SEGMENT_BYTES)
-        .block_bytes(PAGE as u64)
         .open()
         .await;
     let wal = match opened {
