@@ -20,7 +20,7 @@ use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::storage::{Allocator, lock};
-use crate::topic::{Request, Topic};
+use crate::topic::{FastMap, Request, Topic};
 
 pub(crate) type ConsumerKey = (Arc<str>, Arc<str>);
 
@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     pub(crate) durability: Durability,
     pub(crate) stats: Arc<Counters>,
     pub(crate) checkpoints: Arc<CheckpointStore>,
-    pub(crate) topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    pub(crate) topics: RwLock<FastMap<Arc<str>, Arc<Topic>>>,
     pub(crate) consumers: Mutex<HashMap<ConsumerKey, Arc<ConsumerState>>>,
     /// The log writer's queue; `None` once the log stops taking appends.
     pub(crate) writer_tx: RwLock<Option<mpsc::Sender<Request>>>,
@@ -230,7 +230,7 @@ pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
 }
 
 /// The topic `name`, created empty (offsets from 0) if the registry has none.
-pub(crate) fn insert_topic(topics: &mut HashMap<Arc<str>, Arc<Topic>>, name: &str) -> Arc<Topic> {
+pub(crate) fn insert_topic(topics: &mut FastMap<Arc<str>, Arc<Topic>>, name: &str) -> Arc<Topic> {
     topics
         .entry(Arc::from(name))
         .or_insert_with(|| Arc::new(Topic::new(Arc::from(name), 0)))

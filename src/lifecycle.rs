@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::io::{Io, Trace};
 use crate::retention;
 use crate::storage::{self, Allocator, lock};
-use crate::topic::Topic;
+use crate::topic::{FastMap, Topic};
 
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
@@ -112,24 +112,22 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
     stats
         .checksum_failures
         .store(recovered.checksum_failures, Ordering::Relaxed);
-    let mut topics = HashMap::new();
-    let mut entries = 0u64;
     let mut floors = checkpoints.max_per_topic();
-    let mut names: Vec<String> = recovered.topics.keys().cloned().collect();
-    names.extend(
-        floors
-            .keys()
-            .filter(|t| !recovered.topics.contains_key(*t))
-            .cloned(),
-    );
     let recovered_max_ts = recovered.max_ts;
-    let mut recovered_topics = recovered.topics;
-    for name in names {
-        let spans = recovered_topics.remove(&name).unwrap_or_default();
-        let floor = floors.remove(&name).unwrap_or(0);
+    let mut topics = FastMap::with_capacity_and_hasher(recovered.topics.len(), Default::default());
+    let mut entries = 0u64;
+    let mut add = |name: String, spans, floor| {
         let topic = build_topic(name, spans, floor);
         entries += topic.entries_between(topic.oldest.load(Ordering::Relaxed), topic.visible());
         topics.insert(topic.name.clone(), Arc::new(topic));
+    };
+    // Topics with entries, then those that only have checkpoints.
+    for (name, spans) in recovered.topics {
+        let floor = floors.remove(&name).unwrap_or(0);
+        add(name, spans, floor);
+    }
+    for (name, floor) in floors {
+        add(name, Vec::new(), floor);
     }
     tracing::info!(
         dir = %dir.display(),

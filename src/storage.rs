@@ -7,7 +7,7 @@
 //! one segment form a [`Span`]; a topic's log is the chain of its spans ordered by offset.
 //! Every segment is memory-mapped once; readers slice the map (zero copy).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use crate::format::{self, DecodeError, PAGE, ScanItem, SegmentHeader, SegmentScan};
 use crate::io::Trace;
+use crate::topic::FastMap;
 
 /// File name suffix of segment files.
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
@@ -358,7 +359,7 @@ pub(crate) struct RecoveredSpan {
 #[derive(Default)]
 pub(crate) struct Recovered {
     pub segments: Vec<Arc<Segment>>,
-    pub topics: HashMap<String, Vec<RecoveredSpan>>,
+    pub topics: FastMap<String, Vec<RecoveredSpan>>,
     /// Time of the newest frame found.
     pub max_ts: u64,
     pub checksum_failures: u64,
@@ -547,7 +548,7 @@ pub(crate) fn scan_segment(
         }
     };
     let mut spans: Vec<ScannedSpan> = Vec::new();
-    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    let mut index: FastMap<&[u8], usize> = FastMap::default();
     // Nothing written at all past the header: not even a page to look at.
     if next_data(PAGE).is_none() {
         return (Some(segment_id), spans, failures);

@@ -106,7 +106,7 @@ impl TopicStream {
     ) -> TopicStream {
         let at = state.acked.load(Ordering::Acquire);
         TopicStream {
-            visible: topic.visible.subscribe(),
+            visible: topic.subscribe(),
             shared,
             topic,
             state,

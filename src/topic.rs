@@ -2,8 +2,8 @@
 //! offsets lost to damage, and the next offset the writer hands out.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
@@ -11,6 +11,10 @@ use tokio::sync::{oneshot, watch};
 use crate::error::{Error, Result};
 use crate::format::MAX_TOPIC_LEN;
 use crate::storage::Span;
+
+/// A hash map for keys this crate looks up on every append and by the million at open
+/// (topic names, segment names): foldhash, seeded per process, instead of SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What a writer is asked to append: one entry, or one atomic batch.
 pub(crate) enum Payload {
@@ -47,7 +51,10 @@ pub(crate) struct Topic {
     /// Spans ordered by first offset; appended to by the writer only.
     pub spans: RwLock<Vec<Arc<Span>>>,
     /// One past the last entry readers may see (durable under `SyncEach`).
-    pub visible: watch::Sender<u64>,
+    visible: AtomicU64,
+    /// Wakes streams waiting for `visible` to move. Made by the first stream: a watch costs
+    /// some 400 bytes, and most topics of a log with many are never tailed.
+    watch: OnceLock<watch::Sender<u64>>,
     /// Oldest retained offset.
     pub oldest: AtomicU64,
     /// Offsets that hold no entry (lost to damage, or consumed by a failed write).
@@ -67,7 +74,8 @@ impl Topic {
         Topic {
             name,
             spans: RwLock::new(Vec::new()),
-            visible: watch::Sender::new(next),
+            visible: AtomicU64::new(next),
+            watch: OnceLock::new(),
             oldest: AtomicU64::new(0),
             gaps: Mutex::new(Vec::new()),
             holes: Mutex::new(Vec::new()),
@@ -88,7 +96,29 @@ impl Topic {
 
     /// One past the last visible offset.
     pub fn visible(&self) -> u64 {
-        *self.visible.borrow()
+        self.visible.load(Ordering::SeqCst)
+    }
+
+    /// Makes entries up to `end` visible and wakes the streams waiting for them.
+    pub fn publish(&self, end: u64) {
+        self.visible.store(end, Ordering::SeqCst);
+        // Pairs with the fence in `subscribe`: either this sees the watch a stream just made,
+        // or that stream's first read sees `end`. No wake-up falls between.
+        fence(Ordering::SeqCst);
+        if let Some(w) = self.watch.get() {
+            w.send_replace(end);
+        }
+    }
+
+    /// A receiver that changes whenever `publish` runs from now on. Read `visible()` only
+    /// after marking the receiver seen.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        let rx = self
+            .watch
+            .get_or_init(|| watch::Sender::new(self.visible()))
+            .subscribe();
+        fence(Ordering::SeqCst);
+        rx
     }
 
     /// Entries that exist in `[from, to)`: the offsets minus the gaps.

@@ -495,7 +495,7 @@ impl Writer {
                 stats.bytes_appended.fetch_add(f.bytes, Ordering::Relaxed);
                 stats.batches.fetch_add(f.batches, Ordering::Relaxed);
                 f.topic.bytes.fetch_add(f.bytes, Ordering::Relaxed);
-                f.topic.visible.send_replace(f.offsets.end);
+                f.topic.publish(f.offsets.end);
                 let mut off = f.offsets.start;
                 for (n, reply) in f.replies {
                     if let Some(reply) = reply {
