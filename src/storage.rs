@@ -34,10 +34,10 @@ pub(crate) struct Segment {
     pub ms: u64,
     pub path: PathBuf,
     pub len: u64,
-    /// Open only while the file can still be written (it is current, or has blocks a writer
+    /// Open only while the file can still be written (it is current, or has groups the writer
     /// may still write): retained data costs no descriptor, reads go through the map.
     file: Mutex<Option<Arc<File>>>,
-    /// The segment new blocks come from.
+    /// The segment the writer appends to.
     pub current: AtomicBool,
     /// The whole file, mapped read-only.
     pub map: Bytes,
@@ -154,7 +154,7 @@ fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
     // SAFETY: the mapping is read-only and this crate never truncates a segment while it is
     // mapped (files are only ever created at full length and deleted whole; a deleted file's
     // pages stay valid while mapped). Readers see bytes a writer is still filling only up to
-    // the published `frames_end`, which is set after the write completed.
+    // a span's published `last_pos`, which is set after the write completed.
     let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(file)? };
     Ok(Bytes::from_owner(map))
 }
@@ -239,7 +239,17 @@ pub(crate) fn check_format(dir: &Path) -> crate::Result<()> {
             continue;
         };
         let n = file.read_at(&mut h, 0).unwrap_or(0);
-        if let Err(DecodeError::Version(found)) = SegmentHeader::decode_page(&h[..n]) {
+        let found = match SegmentHeader::decode_page(&h[..n]) {
+            Err(DecodeError::Version(v)) => Some(v),
+            // Versions 1 and 2 laid their header out differently (version 1 had no log id and
+            // its checksum elsewhere), and had no second copy: their magic and version field
+            // are enough to know them.
+            Err(_) if h[..8] == format::SEGMENT_MAGIC && n >= 10 => {
+                Some(u16::from_le_bytes([h[8], h[9]])).filter(|v| (1..=2).contains(v))
+            }
+            _ => None,
+        };
+        if let Some(found) = found {
             return Err(crate::Error::UnsupportedFormat {
                 path,
                 found,

@@ -60,7 +60,7 @@ pub(crate) struct Topic {
     /// Offsets that hold no entry (lost to damage, or consumed by a failed write).
     pub gaps: Mutex<Vec<Range<u64>>>,
     /// Ranges above `oldest` whose spans retention deleted (every consumer had passed them
-    /// while older blocks were still pinned by another topic's consumers).
+    /// while older spans were still pinned by another topic's consumers).
     pub holes: Mutex<Vec<Range<u64>>>,
     /// Payload bytes retained.
     pub bytes: AtomicU64,
@@ -127,7 +127,7 @@ impl Topic {
             return 0;
         }
         let overlap = |g: &Range<u64>| g.end.min(to).saturating_sub(g.start.max(from));
-        // One lock at a time: `remove_block` takes them in another order.
+        // One lock at a time: `remove_span` takes them in another order.
         let in_gaps: u64 = crate::storage::lock(&self.gaps).iter().map(overlap).sum();
         let in_holes: u64 = crate::storage::lock(&self.holes).iter().map(overlap).sum();
         let missing = in_gaps + in_holes;
@@ -154,25 +154,25 @@ impl Topic {
     /// Drops a span deleted by retention. Removing the first span moves `oldest` up to the
     /// next one; removing a later one leaves a hole.
     pub fn remove_span(&self, b: &Arc<Span>) {
-        let mut blocks = self.spans.write().unwrap_or_else(|p| p.into_inner());
-        let Some(idx) = blocks.iter().position(|x| Arc::ptr_eq(x, b)) else {
+        let mut spans = self.spans.write().unwrap_or_else(|p| p.into_inner());
+        let Some(idx) = spans.iter().position(|x| Arc::ptr_eq(x, b)) else {
             return;
         };
-        blocks.remove(idx);
+        spans.remove(idx);
         self.bytes
             .fetch_sub(b.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
         if idx == 0 {
             // Moved while the span list is still locked, so no reader finds the next span
             // without also finding `oldest` moved, and no writer adds a span meanwhile.
             // (Lock order: spans, then gaps inside `next_offset`, then holes; never reversed.)
-            let oldest = blocks
+            let oldest = spans
                 .first()
                 .map_or_else(|| self.next_offset(), |f| f.first_offset);
             let oldest = self.oldest.fetch_max(oldest, Ordering::AcqRel).max(oldest);
-            drop(blocks);
+            drop(spans);
             crate::storage::lock(&self.holes).retain(|h| h.end > oldest);
         } else {
-            drop(blocks);
+            drop(spans);
             crate::storage::lock(&self.holes)
                 .push(b.first_offset..b.end_offset.load(Ordering::Acquire));
         }

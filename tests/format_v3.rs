@@ -338,6 +338,37 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// A version-1 header: no log id, its checksum over bytes 0..40 at 40.
+fn v1_header() -> Vec<u8> {
+    let mut h = vec![0u8; 48];
+    h[0..8].copy_from_slice(b"WALRUSAS");
+    h[8..10].copy_from_slice(&1u16.to_le_bytes());
+    h[16..24].copy_from_slice(&7u64.to_le_bytes());
+    h[24..32].copy_from_slice(&1_700_000_000_000u64.to_le_bytes());
+    h[32..40].copy_from_slice(&(64u64 << 10).to_le_bytes());
+    let crc = crc32fast::hash(&h[0..40]);
+    h[40..44].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+#[tokio::test]
+async fn a_version_1_directory_is_refused_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seg = v1_header();
+    seg.resize(64 << 10, 0);
+    std::fs::write(dir.path().join("1700000000000.seg"), &seg).unwrap();
+    let before = snapshot(dir.path());
+    match Walrus::open(dir.path()).await.unwrap_err() {
+        Error::UnsupportedFormat {
+            found: 1,
+            supported: 3,
+            ..
+        } => {}
+        e => panic!("{e}"),
+    }
+    assert_eq!(snapshot(dir.path()), before);
+}
+
 #[tokio::test]
 async fn a_directory_of_an_older_format_is_refused_and_left_untouched() {
     for version in [1u16, 2] {
