@@ -563,6 +563,304 @@ fn used_bytes(dir: &Path) -> u64 {
 }
 
 // ------------------------------------------------------------------------------------------
+// W8: read while write
+
+/// RssAnon of this process, KiB (anonymous memory: heap and stacks, not the mapped files).
+fn rss_anon_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("RssAnon:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+const W8_TOPICS: usize = 4;
+const W8_PRODUCERS: usize = 16;
+const W8_ACK_EVERY: u64 = 256;
+
+fn read_while_write_ours(ctx: &Ctx) -> Run {
+    let (dir, _) = ctx.fresh(OURS);
+    let dur = ctx.scale.write_for;
+    let run = ctx.rt.block_on(async {
+        let base = rss_anon_kib();
+        let wal = walrus_async::Walrus::builder()
+            .data_dir(&dir)
+            .fsync(walrus_async::FsyncSchedule::Milliseconds(200))
+            .consistency(walrus_async::ReadConsistency::AtLeastOnce {
+                persist_every: 1000,
+            })
+            .open()
+            .await
+            .expect("open walrus-async");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut readers = Vec::new();
+        for t in 0..W8_TOPICS {
+            let mut stream = wal.subscribe_as(&format!("t{t}"), "reader").unwrap();
+            let (stop, received) = (stop.clone(), received.clone());
+            readers.push(tokio::spawn(async move {
+                let mut check = Checker::new(W8_PRODUCERS);
+                check.gaps_allowed = true;
+                let mut n = 0u64;
+                loop {
+                    let batch = tokio::select! {
+                        b = stream.next_batch(1 << 20) => b.expect("read"),
+                        _ = async { while !stop.load(Ordering::Acquire) { tokio::task::yield_now().await } } => break,
+                    };
+                    for e in &batch {
+                        check.add(&e.data);
+                        n += 1;
+                        if n % W8_ACK_EVERY == 0 {
+                            stream.ack(e.offset).await.expect("ack");
+                        }
+                    }
+                    received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                (check, stream)
+            }));
+        }
+        let start = Instant::now();
+        let mut producers = Vec::new();
+        for p in 0..W8_PRODUCERS {
+            let wal = wal.clone();
+            let topic = format!("t{}", p % W8_TOPICS);
+            producers.push(tokio::spawn(async move {
+                let mut d = Digest::default();
+                let mut seq = 0u64;
+                while start.elapsed() < dur {
+                    let data = payload(p as u32, seq, 1024);
+                    d.add(&data);
+                    wal.append(&topic, data).await.expect("append");
+                    seq += 1;
+                }
+                d
+            }));
+        }
+        let mut peak = 0;
+        while start.elapsed() < dur {
+            peak = peak.max(rss_anon_kib());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut written = Digest::default();
+        for p in producers {
+            written.merge(&p.await.unwrap());
+        }
+        let in_window = received.load(Ordering::Relaxed);
+        peak = peak.max(rss_anon_kib());
+        // Let the readers catch up (untimed), for verification.
+        while received.load(Ordering::Relaxed) < written.count {
+            tokio::task::yield_now().await;
+        }
+        stop.store(true, Ordering::Release);
+        let mut check = Checker::new(W8_PRODUCERS);
+        check.gaps_allowed = true;
+        for r in readers {
+            let (c, _stream) = r.await.unwrap();
+            check.digest.merge(&c.digest);
+            check.out_of_order += c.out_of_order;
+        }
+        wal.close().await.unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let _ = secs;
+        Run {
+            value: in_window as f64 / dur.as_secs_f64(),
+            extra: vec![
+                (
+                    "delivered_in_window_pct",
+                    100.0 * in_window as f64 / written.count.max(1) as f64,
+                ),
+                ("rss_anon_mib", peak.saturating_sub(base) as f64 / 1024.0),
+            ],
+            verified: check.verdict(&written),
+        }
+    });
+    remove(&dir);
+    run
+}
+
+fn read_while_write_theirs(ctx: &Ctx) -> Run {
+    let (dir, key) = ctx.fresh(THEIRS);
+    let dur = ctx.scale.write_for;
+    let wal = Arc::new(
+        walrus_rust::Walrus::with_consistency_and_schedule_for_key(
+            &key,
+            walrus_rust::ReadConsistency::AtLeastOnce {
+                persist_every: 1000,
+            },
+            walrus_rust::FsyncSchedule::Milliseconds(200),
+        )
+        .expect("open walrus-rust"),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let readers: Vec<_> = (0..W8_TOPICS)
+        .map(|t| {
+            let (wal, stop, received) = (wal.clone(), stop.clone(), received.clone());
+            std::thread::spawn(move || {
+                let topic = format!("t{t}");
+                let mut check = Checker::new(W8_PRODUCERS);
+                check.gaps_allowed = true;
+                while !stop.load(Ordering::Acquire) {
+                    match wal.read_next(&topic, true) {
+                        Ok(Some(e)) => {
+                            check.add(&e.data);
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => std::thread::yield_now(),
+                    }
+                }
+                check
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let producers: Vec<_> = (0..W8_PRODUCERS)
+        .map(|p| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                let topic = format!("t{}", p % W8_TOPICS);
+                let mut d = Digest::default();
+                let mut seq = 0u64;
+                while start.elapsed() < dur {
+                    let data = payload(p as u32, seq, 1024);
+                    d.add(&data);
+                    wal.append_for_topic(&topic, &data).expect("append");
+                    seq += 1;
+                }
+                d
+            })
+        })
+        .collect();
+    let mut written = Digest::default();
+    for p in producers {
+        written.merge(&p.join().unwrap());
+    }
+    let in_window = received.load(Ordering::Relaxed);
+    // Their readers do not see a topic's active block until it is sealed: give them a
+    // bounded time to catch up for verification, then seal.
+    let until = Instant::now() + Duration::from_secs(5);
+    while received.load(Ordering::Relaxed) < written.count && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Release);
+    let mut check = Checker::new(W8_PRODUCERS);
+    check.gaps_allowed = true;
+    for r in readers {
+        let c = r.join().unwrap();
+        check.digest.merge(&c.digest);
+        check.out_of_order += c.out_of_order;
+    }
+    for t in 0..W8_TOPICS {
+        let topic = format!("t{t}");
+        seal_theirs(&wal, &topic);
+        while let Ok(Some(e)) = wal.read_next(&topic, true) {
+            check.add(&e.data);
+        }
+    }
+    drop(wal);
+    remove(&dir);
+    Run {
+        value: in_window as f64 / dur.as_secs_f64(),
+        extra: vec![(
+            "delivered_in_window_pct",
+            100.0 * in_window as f64 / written.count.max(1) as f64,
+        )],
+        verified: check.verdict(&written),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// W9: a million topics, one entry each
+
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Appends one 100-byte entry to each of `topics` topics (64 in flight), closes, reopens and
+/// reads every entry back. Returns the appends/s run and the figures around it.
+fn million_topics_ours(ctx: &Ctx, topics: u64) -> Run {
+    let (dir, _) = ctx.fresh(OURS);
+    let run = ctx.rt.block_on(async {
+        let names: Arc<Vec<String>> = Arc::new((0..topics).map(|t| format!("topic-{t:07}")).collect());
+        let base = rss_anon_kib();
+        let open = || {
+            walrus_async::Walrus::builder()
+                .data_dir(&dir)
+                .fsync(walrus_async::FsyncSchedule::Milliseconds(200))
+                .open()
+        };
+        let wal = open().await.expect("open");
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for p in 0..64u64 {
+            let (wal, names) = (wal.clone(), names.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut d = Digest::default();
+                let mut t = p;
+                while t < topics {
+                    let data = payload(p as u32, t, 100);
+                    d.add(&data);
+                    wal.append(&names[t as usize], data).await.expect("append");
+                    t += 64;
+                }
+                d
+            }));
+        }
+        let mut written = Digest::default();
+        for t in tasks {
+            written.merge(&t.await.unwrap());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let per_topic = rss_anon_kib().saturating_sub(base) as f64 * 1024.0 / topics as f64;
+        wal.close().await.unwrap();
+        drop(wal);
+        let disk = allocated_bytes(&dir);
+        let t = Instant::now();
+        let wal = open().await.expect("reopen");
+        let reopen_s = t.elapsed().as_secs_f64();
+        let mut check = Checker::new(64);
+        check.gaps_allowed = true;
+        for name in names.iter() {
+            check.next_topic();
+            for e in wal.read_at(name, 0, usize::MAX).await.unwrap() {
+                check.add(&e.data);
+            }
+        }
+        wal.close().await.unwrap();
+        let appended = topics * 100;
+        Run {
+            value: topics as f64 / secs,
+            extra: vec![
+                ("rss_anon_bytes_per_topic", per_topic),
+                ("disk_over_appended", disk as f64 / appended as f64),
+                ("disk_mib", disk as f64 / f64::from(1 << 20)),
+                // The target: at most twice the bytes appended plus two (default) segments.
+                (
+                    "disk_target_mib",
+                    (2 * appended + (128 << 20)) as f64 / f64::from(1 << 20),
+                ),
+                ("reopen_s", reopen_s),
+            ],
+            verified: check.verdict(&written),
+        }
+    });
+    remove(&dir);
+    run
+}
+
 // W3: batches
 
 fn batches_ours(ctx: &Ctx, batch: usize) -> Run {
@@ -1227,6 +1525,46 @@ fn main() {
             });
         }
     }
+    if want("W8") {
+        let name = "W8 read while write: 16 producers, 4 topics, 4 streams, 1 KiB".to_string();
+        if want_config(&name) {
+            eprintln!("{name}");
+            let (a, b) = interleave(
+                &ctx,
+                || read_while_write_ours(&ctx),
+                || read_while_write_theirs(&ctx),
+            );
+            rows.push(Row {
+                workload: name,
+                unit: "entries/s",
+                higher_better: true,
+                ours: a,
+                theirs: b,
+                limit: None,
+            });
+        }
+    }
+    if want("W9") {
+        let topics: u64 = if scale.quick { 100_000 } else { 1_000_000 };
+        let name = format!("W9 {topics} topics, one 100 B entry each (ours only)");
+        if want_config(&name) {
+            eprintln!("{name}");
+            let runs: Vec<Run> = (0..scale.runs)
+                .map(|_| {
+                    settle();
+                    million_topics_ours(&ctx, topics)
+                })
+                .collect();
+            rows.push(Row {
+                workload: name,
+                unit: "appends/s",
+                higher_better: true,
+                ours: runs,
+                theirs: Vec::new(),
+                limit: None,
+            });
+        }
+    }
     if want("W3") {
         for batch in [100usize, 1000] {
             let name = format!("W3 batches of {batch} x 1 KiB");
@@ -1373,6 +1711,7 @@ fn main() {
             write!(notes, "OURS {e} ").unwrap();
         }
         let b_cell = match &b_ok {
+            Ok(()) if r.theirs.is_empty() => "not run".into(),
             Ok(()) => fmt_num(b),
             Err(e) if e.starts_with("LOST") => "LOST".into(),
             Err(_) => "BAD".into(),
@@ -1380,13 +1719,22 @@ fn main() {
         if let Err(e) = &b_ok {
             write!(notes, "walrus-rust {e} ").unwrap();
         }
+        for (k, v) in &b_extra {
+            if *k == "delivered_in_window_pct" && v.is_finite() {
+                write!(notes, "walrus-rust {k}={} ", fmt_num(*v)).unwrap();
+            }
+        }
         writeln!(
             table,
             "{:<62} {:>11} {:>11} {:>6.2}x  {}",
             r.workload,
             fmt_num(a),
             b_cell,
-            if b_ok.is_ok() { ratio } else { f64::NAN },
+            if b_ok.as_ref().is_ok() || b_cell == "BAD" {
+                ratio
+            } else {
+                f64::NAN
+            },
             notes.trim_end()
         )
         .unwrap();
