@@ -614,7 +614,7 @@ fn read_while_write_ours(ctx: &Ctx) -> Run {
                     for e in &batch {
                         check.add(&e.data);
                         n += 1;
-                        if n % W8_ACK_EVERY == 0 {
+                        if n.is_multiple_of(W8_ACK_EVERY) {
                             stream.ack(e.offset).await.expect("ack");
                         }
                     }
@@ -794,7 +794,8 @@ fn allocated_bytes(dir: &Path) -> u64 {
 fn million_topics_ours(ctx: &Ctx, topics: u64) -> Run {
     let (dir, _) = ctx.fresh(OURS);
     let run = ctx.rt.block_on(async {
-        let names: Arc<Vec<String>> = Arc::new((0..topics).map(|t| format!("topic-{t:07}")).collect());
+        let names: Arc<Vec<String>> =
+            Arc::new((0..topics).map(|t| format!("topic-{t:07}")).collect());
         let base = rss_anon_kib();
         let open = || {
             walrus_async::Walrus::builder()

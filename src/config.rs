@@ -204,7 +204,7 @@ impl WalrusBuilder {
     }
 
     /// Largest single entry, inclusive. Default: 16 MiB. Larger entries get
-    /// [`Error::EntryTooLarge`]. Entries larger than a block or a segment are fine.
+    /// [`Error::EntryTooLarge`]. Entries larger than a segment are fine (that segment is made larger).
     pub fn max_entry_bytes(mut self, n: usize) -> Self {
         self.max_entry_bytes = Some(n);
         self
@@ -231,7 +231,7 @@ impl WalrusBuilder {
         self
     }
 
-    /// Writes of up to this many bytes are made by the topic's writer task itself, with one
+    /// Writes of up to this many bytes are made by the log's writer task itself, with one
     /// `pwrite` into the page cache, instead of going through the I/O backend; larger writes and
     /// every fsync always use the backend. Default: 256 KiB.
     ///
@@ -305,8 +305,9 @@ impl WalrusBuilder {
         self
     }
 
-    /// Deletes sealed segments created more than `age` ago, even if consumers have not read
-    /// them (they get [`Error::Truncated`] once). Default: no limit.
+    /// Deletes sealed segments whose newest entry was appended more than `age` ago (by
+    /// [`Entry::timestamp`](crate::Entry::timestamp)), even if consumers have not read them
+    /// (they get [`Error::Truncated`] once). Default: no limit.
     pub fn retention_age(mut self, age: std::time::Duration) -> Self {
         self.retention_age = Some(age);
         self

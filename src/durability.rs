@@ -1,10 +1,10 @@
 //! The durability task: one per open log, it turns sync requests into as few `fdatasync`s as
 //! possible.
 //!
-//! Writers under `SyncEach` send "make segment S durable up to write generation g" and wait.
-//! While one round of syncs runs, new requests queue up; the next round serves all of them with
-//! one sync per dirty file, whatever the number of topics and appenders (group commit across
-//! topics). Before it starts, it briefly waits for the writers the last round answered
+//! The writer, under `SyncEach`, sends "make segment S durable up to write generation g" for
+//! each group it wrote, and `sync()` asks for every segment. While one round of syncs runs, new
+//! requests queue up; the next round serves all of them with one sync per dirty file. Before it
+//! starts, it briefly waits for the requests the last round's callers are about to send
 //! ([`Gather`]). Under `Milliseconds(n)` the task also syncs every dirty file every `n` ms.
 //!
 //! A failed sync poisons its segment: the error goes to every waiter, the writer moves to a

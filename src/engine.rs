@@ -199,7 +199,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Refuses new appends and closes every writer queue (queued requests still run).
+    /// Refuses new appends and closes the writer's queue (queued requests still run).
     pub(crate) fn stop_accepting(&self) {
         let mut tx = self.writer_tx.write().unwrap_or_else(|p| p.into_inner());
         self.closed.store(true, Ordering::Release);

@@ -472,7 +472,7 @@ pub fn verify_payload(segment: &[u8], f: &Frame, segment_id: u64) -> Result<(), 
 
 /// Iterates over the entries of a verified frame as byte ranges within the segment.
 pub struct FrameEntries<'a> {
-    block: &'a [u8],
+    bytes: &'a [u8],
     pos: usize,
     end: usize,
     left: u32,
@@ -480,9 +480,9 @@ pub struct FrameEntries<'a> {
 
 impl<'a> FrameEntries<'a> {
     /// Entries of `frame`, which must have come from [`decode_frame`] on the same bytes.
-    pub fn new(block: &'a [u8], frame: &Frame) -> Self {
+    pub fn new(bytes: &'a [u8], frame: &Frame) -> Self {
         FrameEntries {
-            block,
+            bytes,
             pos: frame.payload_start,
             end: frame.end,
             left: frame.count,
@@ -490,9 +490,9 @@ impl<'a> FrameEntries<'a> {
     }
 
     /// Starts at byte `pos` with `left` entries to go: resumes a saved cursor.
-    pub fn resume(block: &'a [u8], frame: &Frame, pos: usize, left: u32) -> Self {
+    pub fn resume(bytes: &'a [u8], frame: &Frame, pos: usize, left: u32) -> Self {
         FrameEntries {
-            block,
+            bytes,
             pos,
             end: frame.end,
             left,
@@ -512,7 +512,7 @@ impl Iterator for FrameEntries<'_> {
         if self.left == 0 {
             return None;
         }
-        let region = self.block.get(..self.end)?;
+        let region = self.bytes.get(..self.end)?;
         let mut p = self.pos;
         let len = get_varint_u32(region, &mut p)? as usize;
         let end = p.checked_add(len).filter(|&e| e <= self.end)?;

@@ -28,7 +28,7 @@ pub(crate) struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The last handle is gone without `close`: let the writers drain and exit, stop the
+        // The last handle is gone without `close`: let the writer drain and exit, stop the
         // durability task. The io_uring reaper is *not* stopped here: writes already queued must
         // still complete; it ends by itself once the tasks holding the engine are gone. The
         // directory lock goes with the last of them.

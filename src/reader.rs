@@ -344,9 +344,12 @@ fn span_offset_for_time(span: &Span, topic: &str, t: u64) -> Option<u64> {
         let mut p = span.last_pos.load(Ordering::Acquire);
         let mut found = None;
         while p >= span.first_pos && p != 0 {
-            let Ok(h) = format::decode_header(map, p as usize, map.len(), id) else {
-                span.broken.store(true, Ordering::Release);
-                return offset_for_time_scan(span, topic, t);
+            let h = match format::decode_header(map, p as usize, map.len(), id) {
+                Ok(h) if h.topic(map) == topic.as_bytes() => h,
+                _ => {
+                    span.broken.store(true, Ordering::Release);
+                    return offset_for_time_scan(span, topic, t);
+                }
             };
             if h.timestamp < t {
                 break;

@@ -21,7 +21,10 @@ use bytes::Bytes;
 
 use crate::format::{self, DecodeError, PAGE, ScanItem, SegmentHeader, SegmentScan};
 use crate::io::Trace;
-use crate::topic::FastMap;
+
+/// A hash map for keys this crate looks up on every append and by the million at open
+/// (topic names, segment names): foldhash, seeded per process, instead of SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// File name suffix of segment files.
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";

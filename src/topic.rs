@@ -10,11 +10,8 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::format::MAX_TOPIC_LEN;
+pub(crate) use crate::storage::FastMap;
 use crate::storage::Span;
-
-/// A hash map for keys this crate looks up on every append and by the million at open
-/// (topic names, segment names): foldhash, seeded per process, instead of SipHash.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What a writer is asked to append: one entry, or one atomic batch.
 pub(crate) enum Payload {

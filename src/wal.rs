@@ -175,7 +175,7 @@ impl Walrus {
     /// Appends one entry to `topic` and returns its offset.
     ///
     /// Resolves once the entry is as durable as the [`FsyncSchedule`](crate::FsyncSchedule)
-    /// promises. Waits while the topic's writer queue is full (backpressure).
+    /// promises. Waits while the log's writer queue is full (backpressure).
     ///
     /// # Cancellation
     /// Dropping the future never corrupts the log: the entry is then either written whole or

@@ -17,7 +17,6 @@
 //! (recorded as gaps) and the writer moves to a fresh segment: nothing is ever written after a
 //! failed write in the same file, so recovery never finds a hole in the middle of a stream.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,7 +30,7 @@ use crate::config::FsyncSchedule;
 use crate::engine::Shared;
 use crate::error::Error;
 use crate::format::{self, FRAME_HEADER_LEN, FrameBuilder, MAX_FRAME_PAYLOAD, PAGE};
-use crate::storage::{Segment, Span};
+use crate::storage::{FastMap, Segment, Span};
 use crate::topic::{Payload, Request, Topic};
 
 /// Buffers above this size are not kept between groups, so one huge batch does not pin memory.
@@ -131,7 +130,9 @@ struct Writer {
     last_ts: u64,
     /// Scratch: the requests of one group by topic, in order of first appearance.
     buckets: Vec<(Arc<Topic>, Vec<usize>)>,
-    bucket_of: HashMap<usize, usize>,
+    bucket_of: FastMap<usize, usize>,
+    /// Emptied index vectors of earlier groups, reused.
+    spare_idxs: Vec<Vec<usize>>,
 }
 
 /// Runs the log's writer until its queue is closed and drained.
@@ -149,7 +150,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, la
         retired: Vec::new(),
         last_ts,
         buckets: Vec::new(),
-        bucket_of: HashMap::new(),
+        bucket_of: FastMap::default(),
+        spare_idxs: Vec::new(),
     };
     let mut in_flight = FuturesOrdered::new();
     // Sequence numbers of the groups in `in_flight`, oldest first (it finishes them in order).
@@ -272,7 +274,10 @@ impl Writer {
 
     /// Groups the requests by topic, keeping each topic's requests in queue order.
     fn bucket(&mut self, reqs: &[Request]) {
-        self.buckets.clear();
+        for (_, mut idxs) in self.buckets.drain(..) {
+            idxs.clear();
+            self.spare_idxs.push(idxs);
+        }
         self.bucket_of.clear();
         for (i, r) in reqs.iter().enumerate() {
             let key = Arc::as_ptr(&r.topic) as usize;
@@ -280,10 +285,14 @@ impl Writer {
                 Some(&b) => self.buckets[b].1.push(i),
                 None => {
                     self.bucket_of.insert(key, self.buckets.len());
-                    self.buckets.push((r.topic.clone(), vec![i]));
+                    let mut idxs = self.spare_idxs.pop().unwrap_or_default();
+                    idxs.push(i);
+                    self.buckets.push((r.topic.clone(), idxs));
                 }
             }
         }
+        // A huge group must not pin its index vectors forever.
+        self.spare_idxs.truncate(1024);
     }
 
     /// Lays out and writes one group. Requests that could not be written are answered here;
@@ -400,9 +409,6 @@ impl Writer {
             });
         }
         self.buckets = buckets;
-        for (_, idxs) in &mut self.buckets {
-            idxs.clear();
-        }
         let mut written = self.write(writes).await;
         written.requests = reqs.len();
         written
