@@ -109,15 +109,14 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
     let (writer_tx, writer_rx) = mpsc::channel(config.queue_capacity);
     let (stop, stop_rx) = watch::channel(false);
     let stats = Arc::new(Counters::default());
-    stats
-        .checksum_failures
-        .store(recovered.checksum_failures, Ordering::Relaxed);
     let mut floors = checkpoints.max_per_topic();
     let recovered_max_ts = recovered.max_ts;
     let mut topics = FastMap::with_capacity_and_hasher(recovered.topics.len(), Default::default());
     let mut entries = 0u64;
+    let mut overlapping = 0u64;
     let mut add = |name: String, spans, floor| {
-        let topic = build_topic(name, spans, floor);
+        let (topic, dropped) = build_topic(name, spans, floor);
+        overlapping += dropped;
         entries += topic.entries_between(topic.oldest.load(Ordering::Relaxed), topic.visible());
         topics.insert(topic.name.clone(), Arc::new(topic));
     };
@@ -129,12 +128,16 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
     for (name, floor) in floors {
         add(name, Vec::new(), floor);
     }
+    let checksum_failures = recovered.checksum_failures + overlapping;
+    stats
+        .checksum_failures
+        .store(checksum_failures, Ordering::Relaxed);
     tracing::info!(
         dir = %dir.display(),
         segments = recovered.segments.len(),
         topics = topics.len(),
         entries,
-        checksum_failures = recovered.checksum_failures,
+        checksum_failures,
         "log opened"
     );
     let shared = Arc::new(Shared {
@@ -365,7 +368,26 @@ fn prepare(
 /// `floor` is the highest persisted checkpoint of any consumer of the topic: offsets below it
 /// were handed out before, even if a power failure took their entries (an unsynced tail).
 /// Handing them out again would make that consumer skip the new entries.
-fn build_topic(name: String, spans: Vec<storage::RecoveredSpan>, floor: u64) -> Topic {
+///
+/// A span whose offsets overlap an earlier one's (a copy of a segment, or a hand-made file)
+/// is left out, warned about and counted in the returned number: readers find a span by its
+/// first offset, and two spans claiming the same offsets would make them skip entries.
+fn build_topic(name: String, spans: Vec<storage::RecoveredSpan>, floor: u64) -> (Topic, u64) {
+    let mut kept = Vec::with_capacity(spans.len());
+    let mut covered = 0u64;
+    let mut dropped = 0u64;
+    for s in spans {
+        let start = s.runs.first().map_or(s.span.first_offset, |r| r.start);
+        let end = s.runs.last().map_or(start, |r| r.end);
+        if start < covered {
+            dropped += 1;
+            tracing::warn!(topic = %name, path = %s.span.segment.path.display(), first_offset = start, "frames repeat offsets another segment holds (a copied file?); left out");
+            continue;
+        }
+        covered = covered.max(end);
+        kept.push(s);
+    }
+    let spans = kept;
     let mut runs: Vec<Range<u64>> = spans.iter().flat_map(|s| s.runs.clone()).collect();
     runs.sort_by_key(|r| r.start);
     let runs_end = runs.iter().map(|r| r.end).max().unwrap_or(0);
@@ -394,5 +416,5 @@ fn build_topic(name: String, spans: Vec<storage::RecoveredSpan>, floor: u64) -> 
     for s in spans {
         topic.push_span(s.span);
     }
-    topic
+    (topic, dropped)
 }

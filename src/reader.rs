@@ -22,7 +22,9 @@ use crate::topic::Topic;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Entry {
-    /// Position in its topic: dense, from 0.
+    /// Position in its topic: offsets start at 0 and go up by one per entry appended; the only
+    /// offsets that hold no entry are those of appends that failed, or of entries lost to
+    /// damage.
     pub offset: u64,
     /// When it was appended: milliseconds since the Unix epoch, as the log's clock read when
     /// its group was written (entries appended together share one). Never lower than an
@@ -155,27 +157,33 @@ impl Cursor {
     }
 
     fn seek_frame(&mut self, topic: &Topic) -> Option<InFrame> {
-        let spans = topic.spans();
-        // Continue after the cached frame when it is behind us, else locate by offset. Spans
-        // are found again by identity, not index: retention may have removed earlier ones
-        // since the cursor was here.
-        let cached = self.at.take().and_then(|a| {
-            let idx = spans.iter().position(|s| Arc::ptr_eq(s, &a.span))?;
-            (a.frame.end_offset() <= self.next || a.left == 0).then_some((idx, a.frame.pos))
-        });
-        let (mut idx, mut after) = match cached {
-            Some((idx, pos)) => (idx, Some(pos as u64)),
-            None => {
-                self.ahead = Arc::from([]);
-                self.used = 0;
-                let idx = spans
-                    .partition_point(|s| s.first_offset <= self.next)
-                    .saturating_sub(1);
-                (idx, None)
+        // Spans are looked up under the topic's lock, frames walked without it: a long walk
+        // must not hold up the writer adding a span, nor retention removing one.
+        let cached = self.at.take();
+        let (mut span, mut after) = {
+            let spans = topic.spans();
+            // Continue after the cached frame when it is behind us, else locate by offset.
+            // Spans are found again by identity, not index: retention may have removed
+            // earlier ones since the cursor was here.
+            let found = cached
+                .filter(|a| a.frame.end_offset() <= self.next || a.left == 0)
+                .and_then(|a| {
+                    let i = find(&spans, &a.span)?;
+                    Some((spans[i].clone(), Some(a.frame.pos as u64)))
+                });
+            match found {
+                Some(f) => f,
+                None => {
+                    self.ahead = Arc::from([]);
+                    self.used = 0;
+                    let idx = spans
+                        .partition_point(|s| s.first_offset <= self.next)
+                        .saturating_sub(1);
+                    (spans.get(idx)?.clone(), None)
+                }
             }
         };
         loop {
-            let span = spans.get(idx)?.clone();
             let bytes = span.segment.map.clone();
             loop {
                 let pos = match self.ahead.get(self.used) {
@@ -221,8 +229,13 @@ impl Cursor {
                     bytes,
                 });
             }
-            // Exhausted this span: the next one, if the writer has moved on.
-            idx += 1;
+            // Exhausted this span: the next one, if the writer has moved on (found by offset,
+            // so also when retention removed this one meanwhile).
+            span = {
+                let spans = topic.spans();
+                let i = spans.partition_point(|s| s.first_offset <= span.first_offset);
+                spans.get(i)?.clone()
+            };
             after = None;
             self.ahead = Arc::from([]);
             self.used = 0;
@@ -230,35 +243,57 @@ impl Cursor {
     }
 }
 
-/// Positions of the published frames of `span` after position `after` (from its first frame
-/// when `None`), in order. Frames wholly before offset `from` are left out where that saves
-/// work (the chain walk stops at the frame holding `from`).
+/// The index of `span` in `spans` (ordered by first offset), by identity.
+fn find(spans: &[Arc<Span>], span: &Arc<Span>) -> Option<usize> {
+    let i = spans.partition_point(|s| s.first_offset < span.first_offset);
+    spans[i..]
+        .iter()
+        .take_while(|s| s.first_offset == span.first_offset)
+        .position(|s| Arc::ptr_eq(s, span))
+        .map(|p| i + p)
+}
+
+/// Positions of published frames of `span` after position `after` (from the frame holding
+/// offset `from` when `None`), in order: at most about [`SAMPLE_EVERY`] of them per call, so
+/// a reader far behind, or paging with `read_at`, pays per frame it reads, not per frame of
+/// the span after it.
 fn frames_after(span: &Span, topic: &str, after: Option<u64>, from: u64) -> Vec<u64> {
     let last = span.last_pos.load(Ordering::Acquire);
     if last == 0 || after.is_some_and(|a| a >= last) {
         return Vec::new();
     }
     if !span.broken.load(Ordering::Acquire) {
-        if let Some(found) = walk_back(span, topic, after, from, last) {
+        // Walk back from the first sampled frame past what is needed, not from the end.
+        let start = {
+            let samples = crate::storage::lock(&span.samples);
+            let i = match after {
+                Some(a) => samples.partition_point(|s| s.1 <= a),
+                None => samples.partition_point(|s| s.0 <= from),
+            };
+            samples.get(i).map(|s| s.1)
+        }
+        .filter(|&p| p <= last)
+        .unwrap_or(last);
+        if let Some(found) = walk_back(span, topic, after, from, start) {
             return found;
         }
         span.broken.store(true, Ordering::Release);
     }
-    scan_forward(span, topic, after, last)
+    scan_forward(span, topic, after)
 }
 
-/// Follows the `prev` chain from `last` down to `after` (or to the frame holding `from`, or
+/// Follows the `prev` chain from `start` down to `after` (or to the frame holding `from`, or
 /// the span's first frame). `None` if the chain does not lead there.
 fn walk_back(
     span: &Span,
     topic: &str,
     after: Option<u64>,
     from: u64,
-    last: u64,
+    start: u64,
 ) -> Option<Vec<u64>> {
     let map = &span.segment.map;
     let mut found = Vec::new();
-    let mut p = last;
+    let mut p = start;
     loop {
         if Some(p) == after {
             break;
@@ -287,22 +322,24 @@ fn walk_back(
     Some(found)
 }
 
-/// Walks the segment from the span's first frame (or the frame after `after`) to `last`,
-/// keeping the topic's frames: slow, only for spans whose chain is broken.
-fn scan_forward(span: &Span, topic: &str, after: Option<u64>, last: u64) -> Vec<u64> {
+/// Walks the segment from the span's first frame (or the frame after `after`) to the end of
+/// its last published frame, keeping the topic's frames whose offsets go up (as recovery
+/// does): slow, only for spans whose chain is broken.
+fn scan_forward(span: &Span, topic: &str, after: Option<u64>) -> Vec<u64> {
     let map = &span.segment.map;
     let id = span.segment.id;
-    let Ok(end) = format::decode_header(map, last as usize, map.len(), id).map(|f| f.next) else {
-        return Vec::new();
-    };
-    let start = span.first_pos as usize;
+    let end = span.last_next.load(Ordering::Acquire) as usize;
     let mut found = Vec::new();
-    for item in SegmentScan::new(map, id, start, end) {
+    let mut expected = 0u64;
+    for item in SegmentScan::new(map, id, span.first_pos as usize, end) {
         if let ScanItem::Frame(f) = item
-            && after.is_none_or(|a| f.pos as u64 > a)
             && f.topic(map) == topic.as_bytes()
+            && f.first_offset >= expected
         {
-            found.push(f.pos as u64);
+            expected = f.end_offset();
+            if after.is_none_or(|a| f.pos as u64 > a) {
+                found.push(f.pos as u64);
+            }
         }
     }
     found
@@ -364,8 +401,7 @@ fn span_offset_for_time(span: &Span, topic: &str, t: u64) -> Option<u64> {
 
 fn offset_for_time_scan(span: &Span, topic: &str, t: u64) -> Option<u64> {
     let map = &span.segment.map;
-    let last = span.last_pos.load(Ordering::Acquire);
-    scan_forward(span, topic, None, last)
+    scan_forward(span, topic, None)
         .into_iter()
         .filter_map(|p| format::decode_header(map, p as usize, map.len(), span.segment.id).ok())
         .find(|h| h.timestamp >= t)

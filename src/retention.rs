@@ -167,13 +167,19 @@ async fn delete(
     forced: bool,
 ) -> Result<bool> {
     // Make each topic's next offset survive a restart even if nothing of it is left on disk
-    // and its consumers are later removed (a no-op when the floor is already that high).
-    // All queued first, so they share the checkpoint writer's group commits.
-    let mut seen: Vec<&Arc<Topic>> = Vec::new();
+    // and its consumers are later removed (a no-op when the floor is already that high). Only
+    // where this file holds the topic's last entries: a later span tells recovery where its
+    // offsets go on. A file holds one span per topic, so each topic comes once. All queued
+    // first, so they share the checkpoint writer's group commits.
     let mut floors = Vec::new();
-    for (t, _) in &spans {
-        if !seen.iter().any(|x| Arc::ptr_eq(x, t)) {
-            seen.push(t);
+    for (t, span) in &spans {
+        let last_with_entries = t
+            .spans()
+            .iter()
+            .rev()
+            .find(|x| x.last_pos.load(Ordering::Acquire) != 0)
+            .cloned();
+        if last_with_entries.is_none_or(|x| Arc::ptr_eq(&x, span)) {
             let next = t.next_offset();
             floors.push(shared.checkpoints.persist(&t.name, FLOOR, 0, next, next)?);
         }

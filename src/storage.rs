@@ -114,7 +114,19 @@ pub(crate) struct Span {
     /// Position of the last frame laid out (published or not): the next frame's `prev`.
     /// Only the writer uses it.
     pub written_last: AtomicU64,
+    /// End (padded) of the last published frame: where a walk of the segment for this span
+    /// stops.
+    pub last_next: AtomicU64,
+    /// Published frames.
+    pub frames: AtomicU64,
+    /// `(first_offset, position)` of every [`SAMPLE_EVERY`]th published frame, from the first:
+    /// a reader starts its walk back along `prev` at the sample just past what it needs.
+    pub samples: Mutex<Vec<(u64, u64)>>,
 }
+
+/// One frame in this many of a span is sampled (see [`Span::samples`]): 16 bytes of memory
+/// per that many frames bound a walk back along the chain.
+pub(crate) const SAMPLE_EVERY: u64 = 64;
 
 impl Span {
     /// A span the writer starts with a frame at `pos`.
@@ -129,7 +141,22 @@ impl Span {
             last_ts: AtomicU64::new(0),
             broken: AtomicBool::new(false),
             written_last: AtomicU64::new(0),
+            last_next: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
+            samples: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records a frame published (or recovered) at `pos`, ending at `next`.
+    pub fn add_frame(&self, first_offset: u64, pos: u64, next: u64) {
+        if self
+            .frames
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SAMPLE_EVERY)
+        {
+            lock(&self.samples).push((first_offset, pos));
+        }
+        self.last_next.store(next, Ordering::Release);
     }
 }
 
@@ -402,6 +429,8 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
         ..Recovered::default()
     };
     let mut removed_any = false;
+    // Files without a frame that may be deleted: (name, path, map, full-length spare).
+    let mut empties: Vec<(u64, PathBuf, Bytes, bool)> = Vec::new();
     for (ms, path) in names {
         out.max_ms = out.max_ms.max(ms);
         let file = OpenOptions::new().read(true).open(&path)?;
@@ -424,19 +453,21 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
             // nothing but zeros lies past a valid or unwritten header, no data was ever in it.
             // Only a valid header or none at all: a torn or foreign one is kept for a human.
             let first_page = map.get(..PAGE as usize).unwrap_or(&map);
-            let header_ok =
-                first_page.iter().all(|&b| b == 0) || SegmentHeader::decode_page(&map).is_ok();
+            let header = SegmentHeader::decode_page(&map);
+            let unwritten = first_page.iter().all(|&b| b == 0);
             let rest_empty = next_data(PAGE).is_none_or(|d| {
                 map.get(d as usize..)
                     .is_none_or(|r| r.iter().all(|&b| b == 0))
             });
-            if header_ok && rest_empty {
-                drop(map);
-                std::fs::remove_file(&path)?;
-                trace.removed(&path);
-                removed_any = true;
-                out.deleted_empty += 1;
-                tracing::debug!(path = %path.display(), "deleted a segment that never held data");
+            // A valid header at its full length: a spare that was never used. Cut shorter than
+            // its header says: a file cut while the log was down, kept for a human (its
+            // offsets are not known any more).
+            let full_spare = header.is_ok_and(|h| h.len <= len);
+            if full_spare && rest_empty {
+                empties.push((ms, path, map, true));
+            } else if (unwritten || len == 0) && rest_empty {
+                // Creation cut short, or a file emptied by hand: decided below by its name.
+                empties.push((ms, path, map, false));
             } else {
                 out.checksum_failures += failures.max(1);
                 tracing::warn!(path = %path.display(), "segment holds no readable frame; left in place");
@@ -477,6 +508,9 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
                 last_ts: AtomicU64::new(s.last_ts),
                 broken: AtomicBool::new(s.broken),
                 written_last: AtomicU64::new(s.last_pos),
+                last_next: AtomicU64::new(s.last_next),
+                frames: AtomicU64::new(s.frames),
+                samples: Mutex::new(s.samples),
             };
             out.topics.entry(s.topic).or_default().push(RecoveredSpan {
                 span: Arc::new(span),
@@ -484,6 +518,23 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
             });
         }
         out.segments.push(segment);
+    }
+    // A file whose creation a crash cut short is newer than every file with data (a new
+    // segment is only made after the one before it); an empty file older than that was
+    // emptied by hand, and its offsets are not known: kept for a human.
+    let newest_data = out.segments.iter().map(|s| s.ms).max().unwrap_or(0);
+    for (ms, path, map, spare) in empties {
+        if spare || ms > newest_data {
+            drop(map);
+            std::fs::remove_file(&path)?;
+            trace.removed(&path);
+            removed_any = true;
+            out.deleted_empty += 1;
+            tracing::debug!(path = %path.display(), "deleted a segment that never held data");
+        } else {
+            out.checksum_failures += 1;
+            tracing::warn!(path = %path.display(), "an empty segment file older than others with data (cut or emptied while the log was down); left in place");
+        }
     }
     if removed_any {
         crate::io::sync_dir(trace, dir)?;
@@ -505,6 +556,11 @@ pub(crate) struct ScannedSpan {
     pub last_ts: u64,
     /// Some frame's `prev` does not lead to the topic's frame before it.
     pub broken: bool,
+    /// Every `SAMPLE_EVERY`th accepted frame: (first offset, position).
+    pub samples: Vec<(u64, u64)>,
+    pub frames: u64,
+    /// End (padded) of the last accepted frame.
+    pub last_next: u64,
 }
 
 /// The first position at or after `pos` that may hold written data: `lseek(SEEK_DATA)`, which
@@ -581,6 +637,9 @@ pub(crate) fn scan_segment(
                         bytes: 0,
                         last_ts: 0,
                         broken: false,
+                        samples: Vec::new(),
+                        frames: 0,
+                        last_next: 0,
                     });
                     spans.len() - 1
                 });
@@ -598,7 +657,12 @@ pub(crate) fn scan_segment(
                     Some(r) if r.end == f.first_offset => r.end = f.end_offset(),
                     _ => s.runs.push(f.first_offset..f.end_offset()),
                 }
+                if s.frames.is_multiple_of(SAMPLE_EVERY) {
+                    s.samples.push((f.first_offset, f.pos as u64));
+                }
+                s.frames += 1;
                 s.last_pos = f.pos as u64;
+                s.last_next = f.next as u64;
                 s.last_ts = s.last_ts.max(f.timestamp);
                 s.bytes += format::FrameEntries::new(map, &f)
                     .map(|r| r.len() as u64)
@@ -680,7 +744,21 @@ impl Allocator {
         if let Some(spare) = st.spare.take() {
             match spare.await {
                 Ok(Ok(s)) if s.len >= seg_len => segment = Some(s),
-                Ok(Ok(s)) => st.spare = Some(tokio::spawn(async move { Ok(s) })),
+                // Too small for this frame. Not kept for later: its name is older than the
+                // larger file made now, and names must follow the order files are written in.
+                Ok(Ok(s)) => {
+                    let (dir, trace, path) = (self.dir.clone(), self.trace.clone(), s.path.clone());
+                    drop(s);
+                    if let Err(e) = crate::io::blocking(move || {
+                        std::fs::remove_file(&path)?;
+                        trace.removed(&path);
+                        crate::io::sync_dir(&trace, &dir)
+                    })
+                    .await
+                    {
+                        tracing::warn!(error = %e, "could not delete a spare segment too small to use");
+                    }
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "creating a spare segment failed"),
                 Err(e) => tracing::warn!(error = %e, "spare segment task failed"),
             }

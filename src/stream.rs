@@ -216,7 +216,8 @@ impl TopicStream {
     /// Repositions the stream at the first entry appended at or after `time` (milliseconds
     /// since the Unix epoch; see [`Walrus::offset_for_time`](crate::Walrus::offset_for_time)),
     /// or, if every entry is older, at the end: the next item is then the next entry
-    /// appended. The checkpoint is unchanged.
+    /// appended. The checkpoint is unchanged. [`Error::Truncated`] if retention deletes that
+    /// entry between finding it and moving there (the stream stays where it was).
     ///
     /// ```
     /// use futures::StreamExt;

@@ -142,9 +142,12 @@ impl Walrus {
     /// Opens the log in `dir` with default settings (see [`WalrusBuilder`]).
     ///
     /// # Cancellation
-    /// Dropping the future lets go of the directory lock; recovery changes nothing a later
-    /// open needs (it only cuts torn tails, deletes spare files that never held data, and
-    /// syncs what it found).
+    /// Dropping the future lets go of the directory lock; nothing a later open needs is lost.
+    /// What an open changes on disk: it syncs the segments it found, deletes spare files that
+    /// never held data (and files whose creation a crash cut short), rewrites the checkpoint
+    /// store, and runs one retention pass (files every consumer has passed, or that a limit
+    /// takes, are deleted, after a floor record keeps their topics' next offsets). Torn tails
+    /// are not cut on disk: they are read past.
     ///
     /// ```no_run
     /// # async fn demo() -> walrus_async::Result<()> {
@@ -176,6 +179,14 @@ impl Walrus {
     ///
     /// Resolves once the entry is as durable as the [`FsyncSchedule`](crate::FsyncSchedule)
     /// promises. Waits while the log's writer queue is full (backpressure).
+    ///
+    /// # Errors
+    /// A failed write or fsync (`Error::Io`, `Error::SyncFailed`) means the entry is not known
+    /// to be durable, not that it is absent: its bytes may have reached the disk and be read
+    /// after a restart (at an offset readers of this lifetime skipped as a gap). A producer that
+    /// retries after such an error may write the entry twice; make entries idempotent where
+    /// that matters. Errors returned before anything is queued (`EntryTooLarge`, `InvalidTopic`,
+    /// `Closed`) mean nothing was written.
     ///
     /// # Cancellation
     /// Dropping the future never corrupts the log: the entry is then either written whole or
@@ -717,7 +728,9 @@ impl Walrus {
         task.await.unwrap_or_else(|e| Err(join_error(e)))
     }
 
-    /// Names of the topics that have entries or were appended to, sorted.
+    /// Names of the topics this log knows, sorted: those with entries, those appended to or
+    /// subscribed to in this lifetime, and those whose entries were all deleted but whose next
+    /// offset is remembered (so it never goes back).
     pub fn topics(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .shared()

@@ -36,6 +36,9 @@ use crate::topic::{Payload, Request, Topic};
 /// Buffers above this size are not kept between groups, so one huge batch does not pin memory.
 const KEEP_BUF: usize = 4 << 20;
 
+/// How far ahead of the clock a recovered entry time may be and still be continued from.
+const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
 /// Groups written and waiting for their fsync at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 4;
 
@@ -46,6 +49,8 @@ struct Planned {
     topic: Arc<Topic>,
     span: Arc<Span>,
     pos: u64,
+    /// Where the next frame starts (this one's padded end).
+    next: u64,
     timestamp: u64,
     offsets: Range<u64>,
     /// Entries and reply of each request in the frame, in offset order.
@@ -139,6 +144,19 @@ struct Writer {
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, last_ts: u64) {
     let cap = shared.config.queue_capacity;
     let mut reqs = Vec::with_capacity(cap.min(1024));
+    // Times never go back within a log, also across restarts; but one written while the
+    // clock was far ahead (a wrong clock before NTP set it) must not pin every later time.
+    let now = now_ms();
+    let last_ts = if last_ts > now.saturating_add(MAX_CLOCK_SKEW_MS) {
+        tracing::warn!(
+            newest_entry_ms = last_ts,
+            now_ms = now,
+            "the newest entry's time is far in the future; new entries are stamped with the clock"
+        );
+        now
+    } else {
+        last_ts
+    };
     let sync_each = shared.config.fsync == FsyncSchedule::SyncEach;
     let mut w = Writer {
         shared,
@@ -384,6 +402,7 @@ impl Writer {
                 }
                 fb.finish(&mut buf, format::frame_salt(seg.id, pos));
                 self.tail += format::padded(head + payload);
+                let frame_next = self.tail;
                 span.written_last.store(pos, Ordering::Relaxed);
                 topic.write_next.store(next + entries, Ordering::Relaxed);
                 self.segment_last = self.groups;
@@ -391,6 +410,7 @@ impl Writer {
                     topic: topic.clone(),
                     span,
                     pos,
+                    next: frame_next,
                     timestamp: ts,
                     offsets: next..next + entries,
                     replies,
@@ -492,6 +512,7 @@ impl Writer {
                 let span = &f.span;
                 span.bytes.fetch_add(f.bytes, Ordering::Relaxed);
                 span.last_ts.fetch_max(f.timestamp, Ordering::Relaxed);
+                span.add_frame(f.offsets.start, f.pos, f.next);
                 span.end_offset.store(f.offsets.end, Ordering::Release);
                 span.last_pos.store(f.pos, Ordering::Release);
                 w.segment.max_ts.fetch_max(f.timestamp, Ordering::Relaxed);

@@ -400,3 +400,111 @@ async fn a_directory_of_an_older_format_is_refused_and_left_untouched() {
         );
     }
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until the wall clock reads `ms` (this test is about wall-clock age: nothing to await).
+async fn until_ms(ms: u64) {
+    let now = now_ms();
+    if ms > now {
+        tokio::time::sleep(std::time::Duration::from_millis(ms - now)).await;
+    }
+}
+
+#[tokio::test]
+async fn retention_age_goes_by_the_newest_entry_in_a_file_not_its_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let age = 2_000u64;
+    let wal = Walrus::builder()
+        .data_dir(dir.path())
+        .segment_bytes(64 << 10)
+        .fsync(FsyncSchedule::NoFsync)
+        .retention_age(std::time::Duration::from_millis(age))
+        .open()
+        .await
+        .unwrap();
+    // 1000-byte entries: 58 frames fit in a 64 KiB file after its header page.
+    let created = now_ms();
+    for _ in 0..10 {
+        wal.append("t", vec![1u8; 1000]).await.unwrap();
+    }
+    until_ms(created + 1_200).await;
+    for _ in 0..48 {
+        wal.append("t", vec![2u8; 1000]).await.unwrap();
+    }
+    wal.append("t", vec![3u8; 1000]).await.unwrap(); // the next file
+    assert_eq!(wal.stats().segments, 2);
+    let newest = wal.read_at("t", 57, 0).await.unwrap()[0].timestamp;
+    assert!(newest >= created + 1_200);
+    // The first file was made more than `age` ago, but its newest entry was not: kept.
+    until_ms(created + age + 100).await;
+    assert!(
+        now_ms() < newest + age,
+        "the machine stalled past the window this test needs"
+    );
+    assert_eq!(wal.reclaim().await.unwrap(), 0);
+    assert_eq!(wal.read_at("t", 0, 0).await.unwrap()[0].offset, 0);
+    // Once its newest entry is older than `age`, it goes.
+    until_ms(newest + age + 100).await;
+    assert_eq!(wal.reclaim().await.unwrap(), 1);
+    assert!(matches!(
+        wal.read_at("t", 0, 0).await,
+        Err(Error::Truncated { oldest: 58, .. })
+    ));
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn random_reads_anywhere_in_long_spans_find_their_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Walrus::builder()
+        .data_dir(dir.path())
+        .segment_bytes(1 << 20)
+        .open()
+        .await
+        .unwrap();
+    // One frame per append, two topics interleaved: spans of hundreds of frames, walked
+    // through their samples.
+    for i in 0..3000u64 {
+        wal.append("a", format!("a{i}")).await.unwrap();
+        if i % 3 == 0 {
+            wal.append("b", format!("b{i}")).await.unwrap();
+        }
+    }
+    for reopen in [false, true] {
+        let wal = if reopen {
+            Walrus::builder()
+                .data_dir(dir.path())
+                .segment_bytes(1 << 20)
+                .open()
+                .await
+                .unwrap()
+        } else {
+            wal.clone()
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..500 {
+            let o = rng.u64(0..3000);
+            let got = wal.read_at("a", o, 0).await.unwrap();
+            assert_eq!(
+                (got[0].offset, &got[0].data[..]),
+                (o, format!("a{o}").as_bytes())
+            );
+        }
+        // Paging through everything in small pages returns each entry once, in order.
+        let mut next = 0;
+        while next < 3000 {
+            let got = wal.read_at("a", next, 200).await.unwrap();
+            for e in &got {
+                assert_eq!(e.offset, next);
+                next += 1;
+            }
+        }
+        wal.close().await.unwrap();
+    }
+}

@@ -251,13 +251,45 @@ async fn offsets_never_go_below_a_persisted_checkpoint_after_a_lost_tail() {
 async fn segments_whose_creation_was_cut_short_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     ten_frames(dir.path()).await;
-    std::fs::write(dir.path().join("5.seg"), b"").unwrap();
-    std::fs::write(dir.path().join("6.seg"), vec![0u8; 64 << 10]).unwrap();
+    // Newer than every file with data, as a crash while making the next one leaves them.
+    let newest: u64 = common::segments(dir.path())
+        .iter()
+        .filter_map(|p| p.file_stem()?.to_str()?.parse().ok())
+        .max()
+        .unwrap();
+    let (a, b) = (newest + 1, newest + 2);
+    std::fs::write(dir.path().join(format!("{a}.seg")), b"").unwrap();
+    std::fs::write(dir.path().join(format!("{b}.seg")), vec![0u8; 64 << 10]).unwrap();
     let wal = reopen(dir.path()).await;
     assert_eq!(wal.stats().checksum_failures, 0);
-    assert!(!dir.path().join("5.seg").exists());
-    assert!(!dir.path().join("6.seg").exists());
+    assert!(!dir.path().join(format!("{a}.seg")).exists());
+    assert!(!dir.path().join(format!("{b}.seg")).exists());
     assert_eq!(common::all_entries(&wal, "t").await, want(0..10));
+}
+
+#[tokio::test]
+async fn a_segment_emptied_or_cut_to_its_header_while_down_is_kept_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    ten_frames(dir.path()).await;
+    let seg = common::segments(dir.path())[0].clone();
+    // Older than the data a later lifetime writes: not a file whose creation was cut short.
+    let wal = reopen(dir.path()).await;
+    wal.append("t", "entry-10").await.unwrap();
+    wal.close().await.unwrap();
+    for len in [0u64, 4096] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let wal = reopen(dir.path()).await;
+        assert!(seg.exists(), "cut to {len}: left for a human");
+        assert!(wal.stats().checksum_failures >= 1, "cut to {len}: counted");
+        // The later entry is still there, and offsets are not handed out again below it.
+        assert_eq!(common::all_entries_from(&wal, "t", 10).await, want(10..11));
+        wal.close().await.unwrap();
+    }
 }
 
 #[tokio::test]
