@@ -791,15 +791,19 @@ fn allocated_bytes(dir: &Path) -> u64 {
 
 /// Appends one 100-byte entry to each of `topics` topics (64 in flight), closes, reopens and
 /// reads every entry back. Returns the appends/s run and the figures around it.
-fn million_topics_ours(ctx: &Ctx, topics: u64) -> Run {
-    let (dir, _) = ctx.fresh(OURS);
-    let run = ctx.rt.block_on(async {
+fn million_topics(dir: &Path, topics: u64) -> Run {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
         let names: Arc<Vec<String>> =
             Arc::new((0..topics).map(|t| format!("topic-{t:07}")).collect());
         let base = rss_anon_kib();
         let open = || {
             walrus_async::Walrus::builder()
-                .data_dir(&dir)
+                .data_dir(dir)
                 .fsync(walrus_async::FsyncSchedule::Milliseconds(200))
                 .open()
         };
@@ -828,7 +832,7 @@ fn million_topics_ours(ctx: &Ctx, topics: u64) -> Run {
         let per_topic = rss_anon_kib().saturating_sub(base) as f64 * 1024.0 / topics as f64;
         wal.close().await.unwrap();
         drop(wal);
-        let disk = allocated_bytes(&dir);
+        let disk = allocated_bytes(dir);
         let t = Instant::now();
         let wal = open().await.expect("reopen");
         let reopen_s = t.elapsed().as_secs_f64();
@@ -857,9 +861,69 @@ fn million_topics_ours(ctx: &Ctx, topics: u64) -> Run {
             ],
             verified: check.verdict(&written),
         }
-    });
+    })
+}
+
+/// Child mode: `--child-w9 <dir> <topics>` runs W9 in a fresh process (so its anonymous
+/// memory is its own, not the heap earlier workloads left) and prints the figures.
+fn child_w9(dir: &str, topics: u64) {
+    let run = million_topics(Path::new(dir), topics);
+    let extra: Vec<String> = run.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "W9 {} {} {}",
+        run.value,
+        run.verified
+            .err()
+            .map_or_else(|| "ok".into(), |e| e.replace(' ', "_")),
+        extra.join(" ")
+    );
+}
+
+/// Runs W9 in a child process and reads its figures back.
+fn million_topics_ours(ctx: &Ctx, topics: u64) -> Run {
+    let (dir, _) = ctx.fresh(OURS);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--child-w9", dir.to_str().unwrap(), &topics.to_string()])
+        .env("WALRUS_QUIET", "1")
+        .output()
+        .expect("child");
     remove(&dir);
-    run
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("W9 "))
+        .expect("child reports W9");
+    let mut parts = line.split(' ');
+    let value: f64 = parts.next().unwrap().parse().unwrap();
+    let verdict = parts.next().unwrap().to_string();
+    let names = [
+        "rss_anon_bytes_per_topic",
+        "disk_over_appended",
+        "disk_mib",
+        "disk_target_mib",
+        "reopen_s",
+    ];
+    let extra = parts
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let k = names.iter().find(|n| **n == k)?;
+            Some((*k, v.parse().ok()?))
+        })
+        .collect();
+    Run {
+        value,
+        extra,
+        verified: if verdict == "ok" {
+            Ok(())
+        } else {
+            Err(verdict)
+        },
+    }
 }
 
 // W3: batches
@@ -1368,6 +1432,10 @@ fn settle() {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child-w9") {
+        child_w9(&args[i + 1], args[i + 2].parse().unwrap());
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--child-write") {
         child_write(&args[i + 1], &args[i + 2], args[i + 3].parse().unwrap());
         return;
