@@ -474,6 +474,29 @@ fn appends_ours(ctx: &Ctx, spec: &AppendSpec) -> (Run, Option<f64>) {
     (run, bpe)
 }
 
+/// Runs an append workload on both systems, interleaved, as one row of the table.
+fn append_row(
+    ctx: &Ctx,
+    name: String,
+    spec: &AppendSpec,
+    limit: Option<(&'static str, f64)>,
+) -> Row {
+    eprintln!("{name}");
+    let (a, b) = interleave(
+        ctx,
+        || appends_ours(ctx, spec).0,
+        || appends_theirs(ctx, spec).0,
+    );
+    Row {
+        workload: name,
+        unit: "entries/s",
+        higher_better: true,
+        ours: a,
+        theirs: b,
+        limit,
+    }
+}
+
 fn appends_theirs(ctx: &Ctx, spec: &AppendSpec) -> (Run, Option<f64>) {
     let (dir, key) = ctx.fresh(THEIRS);
     let dur = ctx.scale.write_for;
@@ -1546,25 +1569,12 @@ fn main() {
                 latency: true,
             };
             let name = format!("W2 SyncEach 1 KiB, {producers} producers, own topics");
-            if !want_config(&name) {
-                continue;
-            }
-            eprintln!("{name}");
-            let (a, b) = interleave(
-                &ctx,
-                || appends_ours(&ctx, &spec).0,
-                || appends_theirs(&ctx, &spec).0,
-            );
-            rows.push(Row {
-                workload: name,
-                unit: "entries/s",
-                higher_better: true,
-                ours: a,
-                theirs: b,
-                limit: limits
+            if want_config(&name) {
+                let limit = limits
                     .sync_each_bound(producers)
-                    .map(|l| ("the fsync bound", l)),
-            });
+                    .map(|l| ("the fsync bound", l));
+                rows.push(append_row(&ctx, name, &spec, limit));
+            }
         }
     }
     if want("W3") {
@@ -1656,20 +1666,8 @@ fn main() {
         };
         let name = "W7 SyncEach 512 B, 64 producers, random of 1000 topics".to_string();
         if want_config(&name) {
-            eprintln!("{name}");
-            let (a, b) = interleave(
-                &ctx,
-                || appends_ours(&ctx, &spec).0,
-                || appends_theirs(&ctx, &spec).0,
-            );
-            rows.push(Row {
-                workload: name,
-                unit: "entries/s",
-                higher_better: true,
-                ours: a,
-                theirs: b,
-                limit: Some(("the contiguous bound", limits.contiguous_bound(64, 512))),
-            });
+            let limit = Some(("the contiguous bound", limits.contiguous_bound(64, 512)));
+            rows.push(append_row(&ctx, name, &spec, limit));
         }
     }
     if want("W8") {

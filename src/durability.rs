@@ -105,7 +105,7 @@ pub(crate) async fn run(
                 if n == 0 {
                     break;
                 }
-                next.gather(&mut rx, &mut reqs).await;
+                next.gather(&mut reqs, usize::MAX, || rx.try_recv().ok()).await;
                 let served = reqs.len();
                 let started = Instant::now();
                 serve(&cx, &mut reqs).await;
@@ -127,37 +127,49 @@ pub(crate) async fn run(
     serve(&cx, &mut reqs).await;
 }
 
-/// How long the next round may wait for requests that are about to arrive.
+/// How long the next round of work may wait for requests that are about to arrive. Used by
+/// the writer (before a `SyncEach` group) and by this task (before a round of syncs).
 ///
-/// `// NOTE:` why: the writers a round answers come back with their next group a few task
-/// hops later, while the round that starts right away serves only the requests that queued up
-/// during the last sync. Without waiting, `n` producers settle into two cohorts that take turns
-/// (each append waits two rounds: with 8 producers, 4 per fsync). So the next round first gives
-/// those writers a chance: it yields to the runtime until as many requests wait as the last round
-/// served plus those that queued during it, for at most a quarter of the last round's sync time
-/// (Tokio's timers are too coarse for tens of microseconds; yields are not). A lone producer
-/// never waits: its request alone is all the round expects.
+/// `// NOTE:` why: the callers a round answers come back with their next request a few task
+/// hops later, while a round that starts right away serves only the requests that queued up
+/// during the last one. Without waiting, `n` callers settle into cohorts that take turns
+/// (each request waits two rounds: with 8 producers, 4 per fsync). So the next round first
+/// gives them a chance: it yields to the runtime until as many requests wait as it expects,
+/// for at most `patience` (Tokio's timers are too coarse for tens of microseconds; yields are
+/// not). A lone caller never waits: its request alone is all the round expects.
 #[derive(Default)]
-struct Gather {
-    expect: usize,
-    patience: Duration,
+pub(crate) struct Gather {
+    /// Requests the round expects: those the last round served (plus any that queued during it).
+    pub expect: usize,
+    /// A quarter of the last round's sync time.
+    pub patience: Duration,
 }
 
 /// Yields at most this many times per round while gathering.
 const GATHER_YIELDS: usize = 16;
 
 impl Gather {
-    async fn gather(&self, rx: &mut mpsc::UnboundedReceiver<Req>, reqs: &mut Vec<Req>) {
-        if reqs.len() >= self.expect || self.patience.is_zero() {
+    /// Adds to `reqs` what `try_recv` yields, up to `cap`, until `expect` are there or the
+    /// patience is used up.
+    pub(crate) async fn gather<T>(
+        &self,
+        reqs: &mut Vec<T>,
+        cap: usize,
+        mut try_recv: impl FnMut() -> Option<T>,
+    ) {
+        let expect = self.expect.min(cap);
+        if reqs.len() >= expect || self.patience.is_zero() {
             return;
         }
         let until = Instant::now() + self.patience;
         for _ in 0..GATHER_YIELDS {
             tokio::task::yield_now().await;
-            while let Ok(r) = rx.try_recv() {
+            while reqs.len() < cap
+                && let Some(r) = try_recv()
+            {
                 reqs.push(r);
             }
-            if reqs.len() >= self.expect || Instant::now() >= until {
+            if reqs.len() >= expect || Instant::now() >= until {
                 return;
             }
         }

@@ -27,6 +27,7 @@ use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FsyncSchedule;
+use crate::durability::Gather;
 use crate::engine::Shared;
 use crate::error::Error;
 use crate::format::{self, FRAME_HEADER_LEN, FrameBuilder, MAX_FRAME_PAYLOAD, PAGE};
@@ -69,6 +70,18 @@ struct Pending {
     generation: u64,
 }
 
+impl Pending {
+    fn new((segment, pos, frames): (Arc<Segment>, u64, Vec<Planned>), buf: Vec<u8>) -> Pending {
+        Pending {
+            segment,
+            pos,
+            buf,
+            frames,
+            generation: 0,
+        }
+    }
+}
+
 /// A group whose writes completed, with the sync results once durable.
 struct Written {
     writes: Vec<Pending>,
@@ -77,44 +90,6 @@ struct Written {
     requests: usize,
     /// How long the group waited for durability.
     sync_time: Duration,
-}
-
-/// How long the next group may wait for requests that are about to arrive (`SyncEach`).
-///
-/// `// NOTE:` why: the producers a group answers come back with their next append a few task
-/// hops later, while a group taken at once holds only the first of them. It would be synced
-/// alone, and the rest would wait for the next fsync: `n` producers settle into cohorts that
-/// take turns, each append waiting two fsyncs. So when no group is waiting for its fsync, the
-/// writer first yields to the runtime until as many requests wait as the last group answered,
-/// for at most a quarter of that group's sync time (Tokio's timers are too coarse for tens of
-/// microseconds; yields are not). A lone producer never waits: its request is all there is.
-#[derive(Default)]
-struct Gather {
-    expect: usize,
-    patience: Duration,
-}
-
-/// Yields at most this many times per group while gathering.
-const GATHER_YIELDS: usize = 16;
-
-impl Gather {
-    async fn gather(&self, rx: &mut mpsc::Receiver<Request>, reqs: &mut Vec<Request>, cap: usize) {
-        if reqs.len() >= self.expect || self.patience.is_zero() {
-            return;
-        }
-        let until = Instant::now() + self.patience;
-        for _ in 0..GATHER_YIELDS {
-            tokio::task::yield_now().await;
-            while reqs.len() < cap
-                && let Ok(r) = rx.try_recv()
-            {
-                reqs.push(r);
-            }
-            if reqs.len() >= self.expect.min(cap) || Instant::now() >= until {
-                return;
-            }
-        }
-    }
 }
 
 struct Writer {
@@ -194,8 +169,13 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, la
                     open = false;
                     continue;
                 }
+                // The producers the last group answered come back a few task hops later: a
+                // group taken at once would be synced without them, and `n` producers would
+                // settle into cohorts that take turns (each append waiting two fsyncs).
                 if sync_each && in_flight.is_empty() {
-                    gather.gather(&mut rx, &mut reqs, cap).await;
+                    gather
+                        .gather(&mut reqs, cap, || rx.try_recv().ok())
+                        .await;
                 }
                 let written = w.group(&mut reqs).await;
                 reqs.clear();
@@ -349,15 +329,8 @@ impl Writer {
                 let head = (FRAME_HEADER_LEN + topic.name.len()) as u64;
                 let one = format::padded(head + payload_len(&reqs[idxs[k]].payload));
                 if self.room() < one {
-                    if let Some((segment, pos, frames)) = cur.take() {
-                        let buf = std::mem::take(&mut buf);
-                        writes.push(Pending {
-                            segment,
-                            pos,
-                            buf,
-                            frames,
-                            generation: 0,
-                        });
+                    if let Some(c) = cur.take() {
+                        writes.push(Pending::new(c, std::mem::take(&mut buf)));
                     }
                     if let Err(e) = self.rotate(one).await {
                         let e = Error::Io(e);
@@ -419,14 +392,8 @@ impl Writer {
                 });
             }
         }
-        if let Some((segment, pos, frames)) = cur.take() {
-            writes.push(Pending {
-                segment,
-                pos,
-                buf,
-                frames,
-                generation: 0,
-            });
+        if let Some(c) = cur.take() {
+            writes.push(Pending::new(c, buf));
         }
         self.buckets = buckets;
         let mut written = self.write(writes).await;
