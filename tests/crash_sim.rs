@@ -468,7 +468,17 @@ async fn run_epoch(
                     None => d.uncertain.push((start, usize::MAX)),
                     Some(r) => {
                         let end = journal.position();
-                        if let Some(w) = d.uncertain.last_mut().filter(|w| w.1 == usize::MAX) {
+                        // The undo of a read given up on is queued to the checkpoint writer
+                        // before any later read of the consumer; it is known durable only once
+                        // a later read's own checkpoint is: under `StrictlyAtOnce`, a read that
+                        // returned entries. A read that failed, found nothing, or (under
+                        // `AtLeastOnce`) was not due to persist proves nothing: the window stays
+                        // open until one that does, or until `close`.
+                        let persisted = matches!(s.consistency, ReadConsistency::StrictlyAtOnce)
+                            && r.as_ref().is_ok_and(|got| !got.is_empty());
+                        if persisted
+                            && let Some(w) = d.uncertain.last_mut().filter(|w| w.1 == usize::MAX)
+                        {
                             w.1 = end;
                         }
                         // A read that failed may have written its checkpoint before its
