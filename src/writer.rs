@@ -31,6 +31,7 @@ use crate::durability::Gather;
 use crate::engine::Shared;
 use crate::error::Error;
 use crate::format::{self, FRAME_HEADER_LEN, FrameBuilder, MAX_FRAME_PAYLOAD, PAGE};
+use crate::io::DurableWriteError;
 use crate::storage::{FastMap, Segment, Span};
 use crate::topic::{Payload, Request, Topic};
 
@@ -177,9 +178,20 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, la
                         .gather(&mut reqs, cap, || rx.try_recv().ok())
                         .await;
                 }
-                let written = w.group(&mut reqs).await;
+                // A lone append with nothing in flight is written with its own sync, in one
+                // operation (`Io::write_all_at_durable`). Not a larger group: the writer
+                // would wait for each sync before writing the next group, and producers
+                // then split into cohorts that take turns (appends per fsync halved, W2).
+                let lone = sync_each && in_flight.is_empty() && reqs.len() == 1;
+                let written = w.group(&mut reqs, lone).await;
                 reqs.clear();
-                if sync_each && !written.writes.is_empty() {
+                if lone {
+                    gather = Gather {
+                        expect: written.requests,
+                        patience: written.sync_time / 4,
+                    };
+                    w.finish(written);
+                } else if sync_each && !written.writes.is_empty() {
                     in_flight_seqs.push_back(w.groups);
                     in_flight.push_back(durable(w.shared.clone(), written));
                 } else {
@@ -294,8 +306,9 @@ impl Writer {
     }
 
     /// Lays out and writes one group. Requests that could not be written are answered here;
-    /// the rest are answered by [`finish`](Self::finish) once durable enough.
-    async fn group(&mut self, reqs: &mut [Request]) -> Written {
+    /// the rest are answered by [`finish`](Self::finish) once durable enough. With `durable`,
+    /// each write carries its own sync.
+    async fn group(&mut self, reqs: &mut [Request], durable: bool) -> Written {
         self.groups += 1;
         let ts = now_ms().max(self.last_ts);
         self.last_ts = ts;
@@ -396,7 +409,7 @@ impl Writer {
             writes.push(Pending::new(c, buf));
         }
         self.buckets = buckets;
-        let mut written = self.write(writes).await;
+        let mut written = self.write(writes, durable).await;
         written.requests = reqs.len();
         written
     }
@@ -410,9 +423,17 @@ impl Writer {
         Ok(())
     }
 
-    /// Submits the writes of a group in order; after a failed one, the rest fail too.
-    async fn write(&mut self, writes: Vec<Pending>) -> Written {
+    /// Submits the writes of a group in order; after a failed one, the rest fail too. With
+    /// `durable` (nothing in flight, so every earlier write is durable), each write is made
+    /// durable by itself.
+    async fn write(&mut self, writes: Vec<Pending>, durable: bool) -> Written {
         let shared = self.shared.clone();
+        let started = Instant::now();
+        if durable {
+            // Segments this group moved past are finished with: no need to hold them
+            // while its sync runs.
+            self.release_retired(Some(self.groups));
+        }
         let mut error: Option<Error> = None;
         let mut done = Vec::with_capacity(writes.len());
         for mut w in writes {
@@ -431,7 +452,30 @@ impl Writer {
                 error = Some(e);
                 continue;
             };
-            let (buf, res) = shared.io.write_all_at(&file, w.pos, buf).await;
+            let (buf, res) = if durable {
+                let (buf, res) = shared.io.write_all_at_durable(&file, w.pos, buf).await;
+                shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                let res = res.map_err(|e| match e {
+                    DurableWriteError::Write(e) => Error::Io(e),
+                    DurableWriteError::Sync(e) => {
+                        // As after a failed fdatasync ("fsyncgate"): nothing of the file may
+                        // be trusted to be durable, and every later `sync()` says so.
+                        seg.poisoned.store(true, Ordering::Release);
+                        tracing::error!(path = %seg.path.display(), position = w.pos, error = %e, "durable write failed; the file takes no more appends");
+                        Error::SyncFailed {
+                            path: seg.path.clone(),
+                            reason: e.to_string(),
+                        }
+                    }
+                });
+                (buf, res)
+            } else {
+                let (buf, res) = shared.io.write_all_at(&file, w.pos, buf).await;
+                (buf, res.map_err(|e| {
+                    tracing::error!(path = %seg.path.display(), position = w.pos, error = %e, "write failed");
+                    Error::Io(e)
+                }))
+            };
             shared
                 .stats
                 .write_submissions
@@ -442,11 +486,12 @@ impl Writer {
             match res {
                 Ok(()) => {
                     w.generation = seg.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
+                    if durable {
+                        seg.synced_gen.fetch_max(w.generation, Ordering::AcqRel);
+                    }
                     done.push(w);
                 }
                 Err(e) => {
-                    tracing::error!(path = %seg.path.display(), position = w.pos, error = %e, "write failed");
-                    let e = Error::Io(e);
                     self.fail(&mut w, &e);
                     error = Some(e);
                 }
@@ -456,7 +501,11 @@ impl Writer {
             writes: done,
             synced: Vec::new(),
             requests: 0,
-            sync_time: Duration::ZERO,
+            sync_time: if durable {
+                started.elapsed()
+            } else {
+                Duration::ZERO
+            },
         }
     }
 

@@ -108,6 +108,33 @@ async fn a_failed_fsync_is_reported_to_every_waiter_and_never_papered_over() {
     assert!(matches!(wal.close().await, Err(Error::SyncFailed { .. })));
 }
 
+/// A lone `SyncEach` append is written with its own sync in one operation; when the sync half
+/// fails, it is a failed fsync like any other.
+#[tokio::test]
+async fn a_lone_append_whose_sync_fails_is_a_failed_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = FailPoints::new();
+    let wal = open(dir.path(), &f, FsyncSchedule::SyncEach).await;
+    wal.append("t", "durable").await.unwrap();
+    f.fail_syncs(1, libc::EIO);
+    match wal.append("t", "lost").await {
+        Err(e @ Error::SyncFailed { .. }) => {
+            assert!(e.to_string().contains("takes no more appends"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    wal.append("t", "later").await.unwrap();
+    assert_eq!(wal.stats().segments, 2, "the failed file takes no more appends");
+    assert!(matches!(wal.sync().await, Err(Error::SyncFailed { .. })));
+    let seen: Vec<Vec<u8>> = common::all_entries(&wal, "t")
+        .await
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(seen, [&b"durable"[..], &b"later"[..]]);
+    assert!(matches!(wal.close().await, Err(Error::SyncFailed { .. })));
+}
+
 #[tokio::test]
 async fn enospc_fails_the_append_and_clears_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();

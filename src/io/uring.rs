@@ -171,16 +171,18 @@ impl Driver {
         pos: u64,
         buf: Vec<u8>,
         uncached: Option<&super::Uncached>,
+        extra: i32,
     ) -> (Vec<u8>, io::Result<()>) {
         let fd = file.as_raw_fd();
         let total = buf.len();
         let mut done = 0usize;
         let mut buf = buf;
-        let mut flags = if uncached.is_some() {
-            super::RWF_DONTCACHE
-        } else {
-            0
-        };
+        let mut flags = extra
+            | if uncached.is_some() {
+                super::RWF_DONTCACHE
+            } else {
+                0
+            };
         loop {
             let start = done;
             let (back, res) = self
@@ -197,11 +199,11 @@ impl Driver {
             match res {
                 // Refused before anything was written: the filesystem or kernel has no
                 // uncached writes. Write it the ordinary way and stop asking.
-                Err(e) if flags != 0 && super::Uncached::is_refusal(&e) => {
+                Err(e) if flags & super::RWF_DONTCACHE != 0 && super::Uncached::is_refusal(&e) => {
                     if let Some(u) = uncached {
                         u.refused(&e);
                     }
-                    flags = 0;
+                    flags &= !super::RWF_DONTCACHE;
                 }
                 Ok(n) if n > 0 => {
                     done += n as usize;
