@@ -1,7 +1,8 @@
 //! Appends to a few topics, reads them back, restarts the log and shows what survived.
 //!
 //! Run: `cargo run --release --example quickstart`
-//! The log lives in a temporary directory that is removed at the end.
+//! The log lives in a temporary directory that is removed at the end; give a directory
+//! (`cargo run --release --example quickstart -- /tmp/qs`) to keep it for `walrus inspect`.
 
 use std::time::Instant;
 
@@ -16,10 +17,13 @@ async fn main() -> walrus_async::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let dir = tempfile::tempdir()?;
+    // A directory given on the command line is kept; otherwise a temporary one is used.
+    let temp = tempfile::tempdir()?;
+    let kept = std::env::args_os().nth(1).map(std::path::PathBuf::from);
+    let path = kept.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let open = || {
         Walrus::builder()
-            .data_dir(dir.path())
+            .data_dir(&path)
             .fsync(FsyncSchedule::SyncEach)
             .open()
     };
@@ -27,7 +31,7 @@ async fn main() -> walrus_async::Result<()> {
     let wal = open().await?;
     println!(
         "opened {} with the {} backend",
-        dir.path().display(),
+        path.display(),
         wal.stats().backend.name()
     );
 
@@ -98,5 +102,12 @@ async fn main() -> walrus_async::Result<()> {
         String::from_utf8_lossy(&at[0].data)
     );
     wal.close().await?;
+    if let Some(dir) = kept {
+        println!(
+            "kept {}: look at it with `cargo run --release --features cli --bin walrus -- inspect {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
     Ok(())
 }

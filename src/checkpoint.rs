@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::io::{Io, Trace};
 use crate::storage::lock;
 
-const FILE: &str = "checkpoints";
+pub(crate) const FILE: &str = "checkpoints";
 /// Names of kept damaged stores (`checkpoints.damaged-<n>`) and of the marker of a lost one.
 pub(crate) const DAMAGED_PREFIX: &str = "checkpoints.damaged-";
 /// Format v2 records (no epoch): set (`value = max(value, offset)`) and remove. Still read.

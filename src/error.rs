@@ -145,6 +145,16 @@ pub enum Error {
         supported: u16,
     },
 
+    /// The directory holds no log: no segment file, no `LOG_ID`, `LOCK` or `checkpoints` file
+    /// (or it does not exist). Returned by the read-only [`inspect`](crate::inspect) functions,
+    /// which never create a log; [`WalrusBuilder::open`](crate::WalrusBuilder::open) creates
+    /// one instead.
+    #[error("{path} holds no walrus-async log (wrong directory, or a missing --key?)")]
+    NotALog {
+        /// The directory looked at.
+        path: PathBuf,
+    },
+
     /// An fsync (fdatasync) failed. Data written to `path` since its last successful sync may be
     /// lost, so the file takes no more appends; later syncs keep reporting the failure rather
     /// than pretend the lost data is durable.
@@ -215,7 +225,7 @@ impl From<Error> for io::Error {
             | Error::EntryTooLarge { .. }
             | Error::BatchTooLarge { .. } => io::ErrorKind::InvalidInput,
             Error::ConsumerBusy { .. } | Error::Locked { .. } => io::ErrorKind::WouldBlock,
-            Error::Truncated { .. } => io::ErrorKind::NotFound,
+            Error::Truncated { .. } | Error::NotALog { .. } => io::ErrorKind::NotFound,
             Error::Corrupt { .. } | Error::UnsupportedFormat { .. } => io::ErrorKind::InvalidData,
             Error::SyncFailed { .. } | Error::BackendUnavailable { .. } => io::ErrorKind::Other,
         };

@@ -226,8 +226,12 @@ pub fn fuzz_segment(bytes: &[u8]) -> Summary {
             );
         }
     }
-    let (segment_id, spans, failures) =
-        crate::storage::scan_segment(Path::new("fuzz.seg"), bytes, Some);
+    let crate::storage::Scanned {
+        segment_id,
+        spans,
+        damage,
+    } = crate::storage::scan_segment(Path::new("fuzz.seg"), bytes, Some);
+    let failures = damage.len() as u64;
     let mut summary = Summary {
         spans: spans.len() as u64,
         failures,
@@ -291,8 +295,8 @@ pub fn fuzz_segment(bytes: &[u8]) -> Summary {
         }
     }
     // Where nothing was written, nothing is found.
-    let (_, none, _) = crate::storage::scan_segment(Path::new("fuzz.seg"), bytes, |_| None);
-    assert!(none.is_empty());
+    let none = crate::storage::scan_segment(Path::new("fuzz.seg"), bytes, |_| None);
+    assert!(none.spans.is_empty());
     summary
 }
 

@@ -77,6 +77,7 @@ mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inspect;
 mod io;
 mod lifecycle;
 mod reader;

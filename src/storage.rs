@@ -385,6 +385,10 @@ pub(crate) fn segment_ms(name: &str) -> Option<u64> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
+    // Only the name the log writes: `0123.seg` would be a second name for `123.seg`.
+    if digits.len() > 1 && digits.starts_with('0') {
+        return None;
+    }
     digits.parse().ok()
 }
 
@@ -429,6 +433,8 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
         ..Recovered::default()
     };
     let mut removed_any = false;
+    // Segments with frames, their spans and number of frames, in name order.
+    let mut scanned: Vec<(Arc<Segment>, Vec<ScannedSpan>, u64)> = Vec::new();
     // Files without a frame that may be deleted: (name, path, map, full-length spare).
     let mut empties: Vec<(u64, PathBuf, Bytes, bool)> = Vec::new();
     for (ms, path) in names {
@@ -446,7 +452,12 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
             continue;
         }
         let next_data = |pos: u64| next_data(&file, pos);
-        let (segment_id, spans, failures) = scan_segment(&path, &map, next_data);
+        let Scanned {
+            segment_id,
+            spans,
+            damage,
+        } = scan_segment(&path, &map, next_data);
+        let failures = damage.len() as u64;
         let Some(segment_id) = segment_id.filter(|_| !spans.is_empty()) else {
             // No frame: either a spare that was never used, or a file whose creation was cut
             // short by a crash (its header is only written, and synced, before first use). If
@@ -479,7 +490,6 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
         // consumers may checkpoint past it: make it so before anyone sees it. Cheap when clean.
         crate::io::sync_file(trace, &file)?;
         let max_ts = spans.iter().map(|s| s.last_ts).max().unwrap_or(0);
-        out.max_ts = out.max_ts.max(max_ts);
         let segment = Arc::new(Segment {
             id: segment_id,
             ms,
@@ -497,6 +507,37 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
             max_ts: AtomicU64::new(max_ts),
             deleted: AtomicBool::new(false),
         });
+        let frames: u64 = spans.iter().map(|s| s.frames).sum();
+        scanned.push((segment, spans, frames));
+    }
+    // Two files with one segment id: a copy of a segment made by hand (the id is random per
+    // file). Reading both would let the copy's frames stand in for the original's; keep the
+    // one with more valid frames (the earlier name on a tie) and leave the other alone.
+    let mut by_id: FastMap<u64, usize> = FastMap::default();
+    let mut keep = vec![true; scanned.len()];
+    for (i, (seg, _, frames)) in scanned.iter().enumerate() {
+        if let Some(&j) = by_id.get(&seg.id) {
+            let (drop, kept) = if *frames > scanned[j].2 {
+                (j, i)
+            } else {
+                (i, j)
+            };
+            keep[drop] = false;
+            by_id.insert(seg.id, kept);
+            out.checksum_failures += 1;
+            tracing::warn!(
+                path = %scanned[drop].0.path.display(),
+                original = %scanned[kept].0.path.display(),
+                "segment is a copy of another file (same segment id); ignored and left in place"
+            );
+        } else {
+            by_id.insert(seg.id, i);
+        }
+    }
+    for ((segment, spans, _), keep) in scanned.into_iter().zip(keep) {
+        if !keep {
+            continue;
+        }
         for s in spans {
             let span = Span {
                 segment: segment.clone(),
@@ -517,6 +558,7 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
                 runs: s.runs,
             });
         }
+        out.max_ts = out.max_ts.max(segment.max_ts.load(Ordering::Relaxed));
         out.segments.push(segment);
     }
     // A file whose creation a crash cut short is newer than every file with data (a new
@@ -549,6 +591,8 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
 pub(crate) struct ScannedSpan {
     pub topic: String,
     pub first_pos: u64,
+    /// Time of the first accepted frame.
+    pub first_ts: u64,
     pub last_pos: u64,
     /// Offsets of the accepted frames, as contiguous runs (in file order, so increasing).
     pub runs: Vec<Range<u64>>,
@@ -569,7 +613,7 @@ pub(crate) struct ScannedSpan {
 ///
 /// `// NOTE:` without it, recovery would fault in every page of a preallocated segment's
 /// unwritten space (64 MiB by default) just to see zeros.
-fn next_data(file: &File, pos: u64) -> Option<u64> {
+pub(crate) fn next_data(file: &File, pos: u64) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -587,8 +631,61 @@ fn next_data(file: &File, pos: u64) -> Option<u64> {
     Some(pos)
 }
 
-/// Finds the frames of one segment and groups them by topic, in file order. Returns the
-/// segment id (from the header), the spans, and the damage found (each stretch counted once).
+/// One stretch of damage a segment scan found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Damage {
+    /// Byte position in the file where it starts.
+    pub pos: u64,
+    /// Where the next valid frame starts (`None`: nothing valid after it in the file).
+    pub next: Option<u64>,
+    pub kind: DamageKind,
+    pub error: String,
+    /// Offsets of topics whose frames are missing across this stretch (a topic's next frame
+    /// after it did not continue where its frame before it ended).
+    pub affected: Vec<(String, Range<u64>)>,
+}
+
+/// What kind of damage a [`Damage`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DamageKind {
+    /// The segment header (or one of its two copies) does not verify.
+    Header,
+    /// Bytes that are no frame, with valid frames after them.
+    Frame,
+    /// Bytes that are no frame, with nothing valid after them: a torn or damaged tail.
+    Tail,
+    /// A valid frame that repeats offsets its topic already had in this segment.
+    Repeat,
+    /// The file is shorter than its header says.
+    CutShort,
+}
+
+/// What [`scan_segment`] found in one segment.
+pub(crate) struct Scanned {
+    /// From the header; `None` when no header copy verifies (nothing can be read then).
+    pub segment_id: Option<u64>,
+    pub spans: Vec<ScannedSpan>,
+    pub damage: Vec<Damage>,
+}
+
+/// The first position at or after `pos` that is not written data (`lseek(SEEK_HOLE)`): the end
+/// of a segment's written part. `None` where the call is not supported.
+pub(crate) fn next_hole(file: &File, pos: u64) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `next_data`.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, libc::SEEK_HOLE) };
+        if r >= 0 {
+            return Some(r as u64);
+        }
+    }
+    let _ = (file, pos);
+    None
+}
+
+/// Finds the frames of one segment and groups them by topic, in file order, with the damage
+/// found (each stretch once).
 ///
 /// A frame whose offsets do not follow the topic's frames before it in this segment (it
 /// starts below their end) is counted as damage and left out: a topic's frames in one segment
@@ -597,32 +694,72 @@ pub(crate) fn scan_segment(
     path: &Path,
     map: &[u8],
     next_data: impl Fn(u64) -> Option<u64>,
-) -> (Option<u64>, Vec<ScannedSpan>, u64) {
-    let mut failures = 0u64;
+) -> Scanned {
+    scan_segment_with(path, map, next_data, |_, _| {})
+}
+
+/// [`scan_segment`], calling `on_frame` with each accepted frame and its topic.
+pub(crate) fn scan_segment_with(
+    path: &Path,
+    map: &[u8],
+    next_data: impl Fn(u64) -> Option<u64>,
+    mut on_frame: impl FnMut(&str, &format::Frame),
+) -> Scanned {
+    let mut damage: Vec<Damage> = Vec::new();
+    let out = |pos: u64, next: Option<u64>, kind: DamageKind, error: String| Damage {
+        pos,
+        next,
+        kind,
+        error,
+        affected: Vec::new(),
+    };
     let segment_id = match SegmentHeader::decode_page(map) {
         Ok(h) => {
             if let Err(e) = SegmentHeader::decode(map) {
-                failures += 1;
                 tracing::warn!(path = %path.display(), position = 0, error = %e, "damaged segment header; read from its copy");
+                damage.push(out(
+                    0,
+                    Some(PAGE),
+                    DamageKind::Header,
+                    format!("first header copy: {e}"),
+                ));
             }
             h.segment_id
         }
         // An unwritten header (creation cut short) holds no frames either; not damage.
-        Err(DecodeError::Zero | DecodeError::Short) => return (None, Vec::new(), failures),
+        Err(DecodeError::Zero | DecodeError::Short) => {
+            return Scanned {
+                segment_id: None,
+                spans: Vec::new(),
+                damage,
+            };
+        }
         Err(e) => {
             // Every frame's checksum is seeded with the id in the header: without it nothing
             // in the file can be verified.
             tracing::warn!(path = %path.display(), position = 0, error = %e, "damaged segment header; the file is left in place unread");
-            return (None, Vec::new(), 1);
+            damage.push(out(0, None, DamageKind::Header, e.to_string()));
+            return Scanned {
+                segment_id: None,
+                spans: Vec::new(),
+                damage,
+            };
         }
     };
     let mut spans: Vec<ScannedSpan> = Vec::new();
     let mut index: FastMap<&[u8], usize> = FastMap::default();
     // Nothing written at all past the header: not even a page to look at.
     if next_data(PAGE).is_none() {
-        return (Some(segment_id), spans, failures);
+        return Scanned {
+            segment_id: Some(segment_id),
+            spans,
+            damage,
+        };
     }
     let len = map.len();
+    // For each span, the number of damage stretches seen when its last frame was accepted:
+    // a hole in its offsets after a later stretch is put down to that stretch.
+    let mut seen_damage: Vec<usize> = Vec::new();
     for item in SegmentScan::new(map, segment_id, PAGE as usize, len) {
         match item {
             ScanItem::Frame(f) => {
@@ -632,6 +769,7 @@ pub(crate) fn scan_segment(
                         // Valid UTF-8: `decode_frame` checked it.
                         topic: String::from_utf8_lossy(topic).into_owned(),
                         first_pos: f.pos as u64,
+                        first_ts: f.timestamp,
                         last_pos: 0,
                         runs: Vec::new(),
                         bytes: 0,
@@ -641,13 +779,22 @@ pub(crate) fn scan_segment(
                         frames: 0,
                         last_next: 0,
                     });
+                    seen_damage.push(damage.len());
                     spans.len() - 1
                 });
                 let s = &mut spans[i];
                 if s.runs.last().is_some_and(|r| f.first_offset < r.end) {
-                    failures += 1;
                     s.broken = true;
                     tracing::warn!(path = %path.display(), position = f.pos, first_offset = f.first_offset, "frame repeats offsets of its topic; ignored");
+                    damage.push(out(
+                        f.pos as u64,
+                        Some(f.next as u64),
+                        DamageKind::Repeat,
+                        format!(
+                            "frame of topic {:?} repeats offsets from {}",
+                            s.topic, f.first_offset
+                        ),
+                    ));
                     continue;
                 }
                 if f.prev != s.last_pos {
@@ -655,11 +802,23 @@ pub(crate) fn scan_segment(
                 }
                 match s.runs.last_mut() {
                     Some(r) if r.end == f.first_offset => r.end = f.end_offset(),
-                    _ => s.runs.push(f.first_offset..f.end_offset()),
+                    Some(r) => {
+                        // A hole: the frames between were lost to the damage since the last.
+                        let hole = r.end..f.first_offset;
+                        if seen_damage[i] < damage.len()
+                            && let Some(d) = damage.last_mut()
+                        {
+                            d.affected.push((s.topic.clone(), hole));
+                        }
+                        s.runs.push(f.first_offset..f.end_offset());
+                    }
+                    None => s.runs.push(f.first_offset..f.end_offset()),
                 }
+                seen_damage[i] = damage.len();
                 if s.frames.is_multiple_of(SAMPLE_EVERY) {
                     s.samples.push((f.first_offset, f.pos as u64));
                 }
+                on_frame(&s.topic, &f);
                 s.frames += 1;
                 s.last_pos = f.pos as u64;
                 s.last_next = f.next as u64;
@@ -669,24 +828,41 @@ pub(crate) fn scan_segment(
                     .sum::<u64>();
             }
             ScanItem::Skipped { pos, next, error } => {
-                failures += 1;
                 tracing::warn!(path = %path.display(), position = pos, next, %error, "skipped damaged frame");
+                damage.push(out(
+                    pos as u64,
+                    Some(next as u64),
+                    DamageKind::Frame,
+                    error.to_string(),
+                ));
             }
             ScanItem::End {
                 error: DecodeError::Zero,
                 ..
             } => {}
             ScanItem::End { pos, error } => {
-                failures += 1;
                 tracing::warn!(path = %path.display(), position = pos, %error, "cut damaged or torn tail of segment");
+                damage.push(out(pos as u64, None, DamageKind::Tail, error.to_string()));
             }
         }
     }
-    if len as u64 > PAGE && SegmentHeader::decode_page(map).is_ok_and(|h| h.len > len as u64) {
-        failures += 1;
+    if len as u64 > PAGE
+        && let Ok(h) = SegmentHeader::decode_page(map)
+        && h.len > len as u64
+    {
         tracing::warn!(path = %path.display(), file_len = len, "segment cut short by the end of the file; keeping the frames before the cut");
+        damage.push(out(
+            len as u64,
+            None,
+            DamageKind::CutShort,
+            format!("the file has {len} bytes, its header says {}", h.len),
+        ));
     }
-    (Some(segment_id), spans, failures)
+    Scanned {
+        segment_id: Some(segment_id),
+        spans,
+        damage,
+    }
 }
 
 /// Creates segment files for the writer (keeping one spare created ahead) and keeps the

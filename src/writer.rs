@@ -182,7 +182,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, la
                 // operation (`Io::write_all_at_durable`). Not a larger group: the writer
                 // would wait for each sync before writing the next group, and producers
                 // then split into cohorts that take turns (appends per fsync halved, W2).
-                let lone = sync_each && in_flight.is_empty() && reqs.len() == 1;
+                let lone = sync_each && in_flight.is_empty() && reqs.len() == 1 && w.all_synced();
                 let written = w.group(&mut reqs, lone).await;
                 reqs.clear();
                 if lone {
@@ -566,6 +566,15 @@ impl Writer {
         {
             self.retire();
         }
+    }
+
+    /// Whether every write to the current segment so far is durable: the condition for a
+    /// write that carries its own sync (only that write's bytes are made durable by it).
+    fn all_synced(&self) -> bool {
+        self.segment.as_ref().is_none_or(|s| {
+            !s.poisoned.load(Ordering::Acquire)
+                && s.synced_gen.load(Ordering::Acquire) >= s.write_gen.load(Ordering::Acquire)
+        })
     }
 
     /// Stops writing the current segment.

@@ -124,7 +124,11 @@ async fn a_lone_append_whose_sync_fails_is_a_failed_fsync() {
         other => panic!("{other:?}"),
     }
     wal.append("t", "later").await.unwrap();
-    assert_eq!(wal.stats().segments, 2, "the failed file takes no more appends");
+    assert_eq!(
+        wal.stats().segments,
+        2,
+        "the failed file takes no more appends"
+    );
     assert!(matches!(wal.sync().await, Err(Error::SyncFailed { .. })));
     let seen: Vec<Vec<u8>> = common::all_entries(&wal, "t")
         .await

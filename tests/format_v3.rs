@@ -143,6 +143,65 @@ async fn damage_in_the_middle_of_the_stream_skips_one_frame_of_one_topic() {
     wal.close().await.unwrap();
 }
 
+/// An older copy of a segment (made by hand, under a newer name) whose original later lost
+/// its first frame: the copy must not stand in for the original, whose later entries would
+/// then be dropped and their offsets handed out again.
+#[tokio::test]
+async fn a_stale_copy_of_a_segment_never_shadows_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    for i in 0..10u64 {
+        wal.append("t", format!("e{i}")).await.unwrap();
+    }
+    wal.close().await.unwrap();
+    let seg = common::segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let frames = common::frame_positions(&bytes, None);
+    // The copy: as the file was after 5 appends.
+    let mut copy = bytes.clone();
+    copy[frames[5] as usize..].fill(0);
+    let name: u64 = seg.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    std::fs::write(dir.path().join(format!("{}.seg", name + 1000)), &copy).unwrap();
+    // The original loses its first frame.
+    let p = common::payload_start(&bytes, frames[0]) as usize;
+    bytes[p] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let wal = common::small(dir.path()).open().await.unwrap();
+    // Offset 0 was lost with the original's first frame.
+    let offsets: Vec<u64> = common::all_entries_from(&wal, "t", 1)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(offsets, (1..10).collect::<Vec<_>>());
+    assert_eq!(wal.entry_count("t"), 9);
+    assert_eq!(
+        wal.append("t", "e10").await.unwrap(),
+        10,
+        "offsets handed out again"
+    );
+    wal.close().await.unwrap();
+}
+
+/// `0123.seg` is not a second name for `123.seg`: only names the log writes are segments.
+#[tokio::test]
+async fn a_segment_name_with_a_leading_zero_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    wal.append("t", "x").await.unwrap();
+    wal.close().await.unwrap();
+    let seg = common::segments(dir.path())[0].clone();
+    let alias = dir
+        .path()
+        .join(format!("0{}", seg.file_name().unwrap().to_str().unwrap()));
+    std::fs::rename(&seg, &alias).unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    assert_eq!(wal.entry_count("t"), 0);
+    wal.close().await.unwrap();
+    assert!(alias.exists(), "left alone");
+}
+
 /// Bytes the file system allocated for the segment files.
 fn allocated(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
