@@ -15,6 +15,9 @@
 //!   write bandwidth, `fdatasync` latency into fresh and pre-written blocks) and results are also
 //!   given as fractions of them.
 //! * Results print as a table and go to `target/bench/throughput.jsonl`, one JSON object a line.
+//! * A full run runs each group (W1 … W9) in a process of its own, one after the other, each
+//!   with its own table and machine limits: walrus-rust keeps the files it deleted open until
+//!   its process exits, so in one process their space never came back.
 //!
 //! The process exits non-zero if walrus-async fails a verification (never on timings).
 
@@ -1453,6 +1456,33 @@ fn settle() {
     let _ = std::process::Command::new("sync").status();
 }
 
+/// Set in the processes a full run starts, one per group: results are appended to the JSON
+/// lines file instead of replacing it.
+const GROUP_CHILD: &str = "WALRUS_BENCH_GROUP_CHILD";
+
+/// Runs every group, each in a fresh process (see `main`), one after the other.
+fn full_run_in_children() {
+    let json_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/throughput.jsonl");
+    std::fs::create_dir_all(json_path.parent().unwrap()).unwrap();
+    std::fs::File::create(&json_path).unwrap();
+    let exe = std::env::current_exe().expect("own path");
+    let mut failed = Vec::new();
+    for group in ["W1", "W2", "W3", "W4", "W5", "W7", "W8", "W9"] {
+        let status = std::process::Command::new(&exe)
+            .args(["--bench", "--only", group])
+            .env(GROUP_CHILD, "1")
+            .status()
+            .expect("start a group's process");
+        if !status.success() {
+            failed.push(group);
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!("groups that failed: {failed:?}");
+        std::process::exit(1);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child-w9") {
@@ -1477,6 +1507,13 @@ fn main() {
         only.as_deref()
             .is_none_or(|o| o.len() <= 2 || name.starts_with(o))
     };
+    // A full run runs each group in a process of its own: walrus-rust keeps the descriptors of
+    // files it deleted open until its process exits (seen in /proc/PID/fd), so in one process
+    // the earlier workloads' space never comes back and W8 ran out of disk (ENOSPC) here.
+    if !quick && only.is_none() && std::env::var_os(GROUP_CHILD).is_none() {
+        full_run_in_children();
+        return;
+    }
     let scale = Scale::new(quick);
     let root = tempfile::tempdir_in(bench_root()).expect("bench dir");
     let theirs_root = root.path().join("walrus-rust");
@@ -1745,7 +1782,15 @@ fn main() {
     .unwrap();
     let json_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/throughput.jsonl");
     std::fs::create_dir_all(json_path.parent().unwrap()).unwrap();
-    let mut json = std::fs::File::create(&json_path).unwrap();
+    let mut json = if std::env::var_os(GROUP_CHILD).is_some() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&json_path)
+            .unwrap()
+    } else {
+        std::fs::File::create(&json_path).unwrap()
+    };
     let mut failed = false;
     for r in &rows {
         let (a, a_extra, a_ok) = summary(&r.ours);
