@@ -1,6 +1,6 @@
 //! walrus-async against Walrus (`walrus-rust` 0.2.0), side by side, in one run.
 //!
-//! `cargo bench --bench throughput` (full, < 15 min) or `-- --quick` (every workload, briefly;
+//! `cargo bench --bench throughput` (full, about 17 min) or `-- --quick` (every workload, briefly;
 //! what CI runs). `-- --only W2` runs the workloads whose name starts with `W2`.
 //!
 //! * Both systems write to data directories on the same disk (`BENCH_DIR`, default the system

@@ -246,10 +246,13 @@ async fn sync_one(cx: &Context, s: &Segment) -> Result<()> {
     if s.synced_gen.load(Ordering::Acquire) >= generation {
         return Ok(());
     }
+    // Loaded before the sync starts, so the sync covers at least this much.
+    let written = s.written.load(Ordering::Acquire);
     #[cfg(feature = "failpoints")]
     if let Some(f) = &cx.io.trace.faults {
         f.before_segment_sync().await;
     }
+    let started = std::time::Instant::now();
     let res = match s.file_for_sync() {
         Ok(file) => cx.io.sync_data(&file).await,
         // Deleted by retention meanwhile: nothing of it is left to make durable.
@@ -267,9 +270,11 @@ async fn sync_one(cx: &Context, s: &Segment) -> Result<()> {
         }
     };
     cx.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::synced(started.elapsed(), res.is_ok());
     match res {
         Ok(()) => {
             s.synced_gen.fetch_max(generation, Ordering::AcqRel);
+            s.synced_to.fetch_max(written, Ordering::AcqRel);
             Ok(())
         }
         Err(e) => {

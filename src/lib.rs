@@ -84,6 +84,7 @@ mod reader;
 mod retention;
 mod storage;
 mod stream;
+mod telemetry;
 mod topic;
 mod wal;
 mod writer;

@@ -72,6 +72,11 @@ fn dir_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
 }
 
 /// Opens the log `config` describes, on the calling runtime.
+#[tracing::instrument(
+    name = "walrus_open",
+    skip_all,
+    fields(data_dir = %config.data_dir.display(), key = config.key.as_deref().unwrap_or(""))
+)]
 pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
     let dir = match &config.key {
         Some(k) => config.data_dir.join(namespace_dir(k)?),
@@ -85,9 +90,14 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
         let dir = dir.clone();
         let data_dir = config.data_dir.clone();
         let trace = trace.clone();
-        crate::io::blocking(move || Ok(prepare(&data_dir, &dir, trace)))
-            .await
-            .map_err(Error::Io)??
+        // Recovery runs on the blocking pool: carry the open's span there.
+        let span = tracing::Span::current();
+        crate::io::blocking(move || {
+            let _open = span.enter();
+            Ok(prepare(&data_dir, &dir, trace))
+        })
+        .await
+        .map_err(Error::Io)??
     };
     let io = Io::select(
         config.io_backend,
@@ -202,6 +212,12 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
     });
     let retention = tokio::spawn(retention::run(shared.clone(), shared.stop.subscribe()));
     lock(&shared.tasks).extend([durability, retention]);
+    crate::telemetry::opened(checksum_failures, shared.io.kind().name());
+    #[cfg(feature = "metrics")]
+    lock(&shared.tasks).push(tokio::spawn(crate::telemetry::run(
+        shared.clone(),
+        shared.stop.subscribe(),
+    )));
     *lock(&shared.writer) = Some(tokio::spawn(crate::writer::run(
         shared.clone(),
         writer_rx,
@@ -214,6 +230,7 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
 const CLOSE_POLL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The work of `Walrus::close`, a task of the log.
+#[tracing::instrument(name = "walrus_close", skip_all, fields(dir = %shared.dir.display()))]
 pub(crate) async fn close_log(shared: Arc<Shared>) -> Result<()> {
     shared.stop_accepting();
     let writer = lock(&shared.writer).take();
@@ -307,6 +324,7 @@ impl Drop for RuntimeWatch {
 }
 
 /// Creates the directories, takes the lock, recovers segments and loads checkpoints.
+#[tracing::instrument(name = "recovery", skip_all, fields(dir = %dir.display()))]
 fn prepare(
     data_dir: &Path,
     dir: &Path,

@@ -53,8 +53,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Recei
 /// reading since the snapshot is seen, so nobody is told `Truncated` because a pass was
 /// deleting consumed data at that moment. The file is unlinked after that; an unlink that
 /// fails is retried by later passes.
+#[tracing::instrument(name = "retention_pass", level = "debug", skip_all)]
 pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
     let _one_at_a_time = shared.retention_lock.lock().await;
+    let started = std::time::Instant::now();
     retry_orphans(shared).await;
     // Registry first, then the current segment: one that became current in between is not in
     // the snapshot, and anything at or after `current` counts as still being written.
@@ -142,6 +144,14 @@ pub(crate) async fn pass(shared: &Shared) -> Result<u64> {
             }
         }
     }
+    if deleted > 0 || first_error.is_some() {
+        tracing::info!(
+            deleted,
+            failed = first_error.is_some(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "retention pass"
+        );
+    }
     match first_error {
         Some(e) => Err(e),
         None => Ok(deleted),
@@ -207,6 +217,7 @@ async fn delete(
         .stats
         .segments_deleted
         .fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::deleted_segment(s.len);
     tracing::debug!(path = %s.path.display(), forced, "segment deleted");
     if let Err(e) = unlink(shared, s.path.clone()).await {
         lock(&shared.orphans).push(s.path.clone());

@@ -54,6 +54,10 @@ pub(crate) struct Segment {
     pub active: AtomicU32,
     /// Time of the newest frame in the file (epoch ms; 0: none): `retention_age` goes by it.
     pub max_ts: AtomicU64,
+    /// End of the last completed write, and how much of that a sync has made durable (for
+    /// the `walrus_unsynced_bytes` and `walrus_disk_written_bytes` gauges).
+    pub written: AtomicU64,
+    pub synced_to: AtomicU64,
     /// Deleted by retention: readers drop what they cached of it.
     pub deleted: AtomicBool,
 }
@@ -344,6 +348,8 @@ pub(crate) fn create_segment(
             synced_gen: AtomicU64::new(0),
             active: AtomicU32::new(0),
             max_ts: AtomicU64::new(0),
+            written: AtomicU64::new(PAGE),
+            synced_to: AtomicU64::new(PAGE),
             deleted: AtomicBool::new(false),
         })
     };
@@ -418,6 +424,7 @@ pub(crate) struct Recovered {
 /// Scans every segment in `dir`. Damage is logged, counted and stepped over; only I/O errors
 /// reading the directory or opening a file fail recovery.
 pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Recovered> {
+    let started = std::time::Instant::now();
     let mut names: Vec<(u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -490,6 +497,7 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
         // consumers may checkpoint past it: make it so before anyone sees it. Cheap when clean.
         crate::io::sync_file(trace, &file)?;
         let max_ts = spans.iter().map(|s| s.last_ts).max().unwrap_or(0);
+        let stream_end = spans.iter().map(|s| s.last_next).max().unwrap_or(PAGE);
         let segment = Arc::new(Segment {
             id: segment_id,
             ms,
@@ -505,6 +513,9 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
             synced_gen: AtomicU64::new(0),
             active: AtomicU32::new(0),
             max_ts: AtomicU64::new(max_ts),
+            // Synced just above.
+            written: AtomicU64::new(stream_end),
+            synced_to: AtomicU64::new(stream_end),
             deleted: AtomicBool::new(false),
         });
         let frames: u64 = spans.iter().map(|s| s.frames).sum();
@@ -584,6 +595,15 @@ pub(crate) fn recover(dir: &Path, log_id: u64, trace: &Trace) -> io::Result<Reco
     for spans in out.topics.values_mut() {
         spans.sort_by_key(|s| (s.span.first_offset, s.span.segment.ms));
     }
+    tracing::info!(
+        segments = out.segments.len(),
+        topics = out.topics.len(),
+        damaged = out.checksum_failures,
+        foreign = out.foreign,
+        deleted_empty = out.deleted_empty,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
     Ok(out)
 }
 

@@ -264,6 +264,7 @@ impl Walrus {
     }
 
     async fn submit(&self, topic: &str, payload: Payload) -> Result<Range<u64>> {
+        let started = std::time::Instant::now();
         validate_topic(topic)?;
         self.check_open()?;
         let shared = self.shared();
@@ -283,7 +284,11 @@ impl Walrus {
         .await
         .map_err(|_| shared.stopped())?;
         drop(tx);
-        rx.await.map_err(|_| shared.stopped())?
+        let res = rx.await.map_err(|_| shared.stopped())?;
+        if res.is_ok() {
+            crate::telemetry::append_done(started.elapsed());
+        }
+        res
     }
 
     fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -754,6 +759,25 @@ impl Walrus {
     /// Payload bytes of `topic` retained on disk (framing not counted).
     pub fn topic_size(&self, topic: &str) -> u64 {
         self.topic(topic).map_or(0, |t| t.retained_bytes())
+    }
+
+    /// Sets the log's gauges (feature `metrics`) from its state now: segments, disk bytes
+    /// allocated and written, bytes not yet durable, topics, and per registered consumer its
+    /// topic's offsets, checkpoint, lag in entries and bytes, age of its oldest unconsumed
+    /// entry and the disk it pins. The log does this every second by itself; call it before
+    /// reading a recorder's snapshot when that second matters (tests, a scrape handler).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> walrus_async::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let wal = walrus_async::Walrus::builder().data_dir(dir.path()).open().await?;
+    /// wal.append("t", "x").await?;
+    /// wal.record_metrics(); // walrus_consumer_lag_entries and the rest, up to date
+    /// # wal.close().await }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(&self) {
+        crate::telemetry::sample(self.shared());
     }
 
     /// Counters since open. Also answers after [`close`](Self::close).

@@ -170,6 +170,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, la
                     open = false;
                     continue;
                 }
+                crate::telemetry::queue_depth(rx.len());
                 // The producers the last group answered come back a few task hops later: a
                 // group taken at once would be synced without them, and `n` producers would
                 // settle into cohorts that take turns (each append waiting two fsyncs).
@@ -452,9 +453,15 @@ impl Writer {
                 error = Some(e);
                 continue;
             };
+            let len = buf.len() as u64;
             let (buf, res) = if durable {
+                let sync_started = Instant::now();
                 let (buf, res) = shared.io.write_all_at_durable(&file, w.pos, buf).await;
                 shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::synced(
+                    sync_started.elapsed(),
+                    !matches!(res, Err(DurableWriteError::Sync(_))),
+                );
                 let res = res.map_err(|e| match e {
                     DurableWriteError::Write(e) => Error::Io(e),
                     DurableWriteError::Sync(e) => {
@@ -480,14 +487,18 @@ impl Writer {
                 .stats
                 .write_submissions
                 .fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::wrote(len as usize);
             if buf.capacity() <= KEEP_BUF {
                 self.spare_buf = buf;
             }
             match res {
                 Ok(()) => {
+                    // Before the generation: a sync that sees the generation sees this too.
+                    seg.written.fetch_max(w.pos + len, Ordering::AcqRel);
                     w.generation = seg.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
                     if durable {
                         seg.synced_gen.fetch_max(w.generation, Ordering::AcqRel);
+                        seg.synced_to.fetch_max(w.pos + len, Ordering::AcqRel);
                     }
                     done.push(w);
                 }
@@ -536,6 +547,7 @@ impl Writer {
                     .appends
                     .fetch_add(f.offsets.end - f.offsets.start, Ordering::Relaxed);
                 stats.bytes_appended.fetch_add(f.bytes, Ordering::Relaxed);
+                crate::telemetry::appended(f.offsets.end - f.offsets.start, f.bytes);
                 stats.batches.fetch_add(f.batches, Ordering::Relaxed);
                 f.topic.bytes.fetch_add(f.bytes, Ordering::Relaxed);
                 f.topic.publish(f.offsets.end);

@@ -27,6 +27,7 @@ async fn a_finished_block_is_released_while_a_later_group_waits_for_its_sync() {
         async move { wal.append("t", vec![1u8; 40 << 10]).await }
     });
     f.segment_syncs_blocked(1).await; // group 1 written, its sync held
+    let first_file = common::segments(dir.path())[0].clone();
     let second = tokio::spawn({
         let wal = wal.clone();
         async move { wal.append("t", vec![2u8; 40 << 10]).await }
@@ -34,12 +35,12 @@ async fn a_finished_block_is_released_while_a_later_group_waits_for_its_sync() {
     f.release_segment_syncs(1); // group 1's sync goes
     assert_eq!(first.await.unwrap().unwrap(), 0);
     f.segment_syncs_blocked(1).await; // group 2 written into the next file, its sync held
-    let first_file = common::segments(dir.path())[0].clone();
 
     // Group 2 is still in flight; group 1's file is finished with and over the limit.
-    let deleted = wal.reclaim().await.unwrap();
+    // The background pass may have deleted it already; either way it must be gone.
+    wal.reclaim().await.unwrap();
     assert!(
-        deleted >= 1 && !first_file.exists(),
+        wal.stats().segments_deleted >= 1 && !first_file.exists(),
         "the first file was not released while a later group was in flight"
     );
     f.resume_segment_syncs();
