@@ -9,6 +9,7 @@
 
 use futures::StreamExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_util::MetricKindMask;
 use walrus_async::{FsyncSchedule, Walrus};
 
 #[tokio::main]
@@ -31,6 +32,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ],
         )?
+        // Gauges the log stops setting (a removed consumer's) go after a minute.
+        .idle_timeout(
+            MetricKindMask::GAUGE,
+            Some(std::time::Duration::from_secs(60)),
+        )
         .install_recorder()?;
 
     let dir = tempfile::tempdir()?;

@@ -45,6 +45,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// At most this many names are listed per segment and pin (the counts are always whole).
 pub const LIST_MAX: usize = 16;
 
+/// Segment files larger than this are reported, not read (a sparse file of terabytes would
+/// otherwise take that much memory).
+const MAX_READ: u64 = 16 << 30;
+
 /// What [`inspect`] found in a log directory.
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -215,9 +219,8 @@ pub struct Problem {
     pub position: u64,
     /// Damage, or a warning.
     pub severity: Severity,
-    /// A stable, machine-readable name: `segment_header`, `frame`, `torn_tail`,
-    /// `unfinished_write`, `repeated_frame`, `cut_short`, `foreign_segment`, `copied_segment`,
-    /// `no_frames`,
+    /// A stable, machine-readable name: `segment_header`, `frame`, `torn_tail` (a warning),
+    /// `repeated_frame`, `cut_short`, `foreign_segment`, `copied_segment`, `no_frames`,
     /// `overlapping_segment`, `checkpoint_record`, `checkpoint_torn_tail`,
     /// `checkpoint_store_missing`, `checkpoint_store_damaged_earlier`, `log_id`, `unreadable`.
     pub kind: &'static str,
@@ -331,6 +334,7 @@ pub fn inspect(
             members.entry(topic.clone()).or_default().push(Member {
                 name: consumer.clone(),
                 checkpoint: reg.offset,
+                lag_entries: 0,
                 pinned_segments: 0,
                 pinned_bytes: 0,
             });
@@ -418,7 +422,6 @@ pub fn inspect(
                 oldest.get_or_insert(f.timestamp);
             }
         });
-        let newest = names.newest_with_data == Some(*ms);
         for d in &scanned.damage {
             let (severity, kind, message) = match d.kind {
                 DamageKind::Header => (
@@ -435,19 +438,18 @@ pub fn inspect(
                         d.next.unwrap_or(0)
                     ),
                 ),
-                DamageKind::Tail if newest => (
+                // Bytes that are no frame with nothing valid after them: what a write in
+                // progress, or one a crash cut short, leaves (never acknowledged as durable
+                // under `SyncEach`; recovery cuts it). Damage to a file's last frames looks
+                // the same; it is reported, but not as damage.
+                DamageKind::Tail => (
                     Severity::Warning,
-                    "unfinished_write",
+                    "torn_tail",
                     format!(
-                        "the newest segment ends in bytes that are no frame ({}): a write in \
-                         progress, or one a crash cut short (recovery cuts it)",
+                        "no valid frame from here to the end ({}): an interrupted write (a \
+                         crash, or a write in progress), which the log cuts at open",
                         d.error
                     ),
-                ),
-                DamageKind::Tail => (
-                    Severity::Damage,
-                    "torn_tail",
-                    format!("no valid frame from here to the end ({})", d.error),
                 ),
                 DamageKind::Repeat => (Severity::Damage, "repeated_frame", d.error.clone()),
                 DamageKind::CutShort => (Severity::Damage, "cut_short", d.error.clone()),
@@ -555,12 +557,9 @@ pub fn inspect(
         // A span whose offsets another one already holds: a copied segment (left out, as the
         // log does).
         let mut kept: Vec<SpanFound> = Vec::new();
+        let mut end_so_far: Option<u64> = None;
         for s in found {
             let start = s.runs.first().map_or(0, |r| r.start);
-            let end_so_far = kept
-                .iter()
-                .filter_map(|k| k.runs.last().map(|r| r.end))
-                .max();
             if end_so_far.is_some_and(|e| start < e) {
                 problems.push(Problem {
                     file: segments[s.segment].file.clone(),
@@ -575,20 +574,37 @@ pub fn inspect(
                 });
                 continue;
             }
+            let end = s.runs.last().map_or(0, |r| r.end);
+            end_so_far = Some(end_so_far.map_or(end, |e| e.max(end)));
             kept.push(s);
         }
         let runs: Vec<Range<u64>> = kept.iter().flat_map(|s| s.runs.iter().cloned()).collect();
         let entries: u64 = runs.iter().map(|r| r.end - r.start).sum();
         let oldest = runs.first().map(|r| r.start);
         let end = runs.last().map_or(0, |r| r.end);
-        let next = end.max(floors.remove(&name).unwrap_or(0));
+        // As the log: offsets below any consumer's checkpoint (or the floor record) were
+        // handed out before, even if their entries are gone.
+        let highest_checkpoint = members
+            .get(&name)
+            .and_then(|ms| ms.iter().map(|m| m.checkpoint).max())
+            .unwrap_or(0);
+        let next = end
+            .max(floors.remove(&name).unwrap_or(0))
+            .max(highest_checkpoint);
         let mut gaps = Vec::new();
         for w in runs.windows(2) {
             if w[0].end < w[1].start {
                 gaps.push([w[0].end, w[1].start]);
             }
         }
-        let consumers = members.get_mut(&name);
+        let mut consumers = members.get_mut(&name);
+        for m in consumers.iter_mut().flat_map(|ms| ms.iter_mut()) {
+            // Entries that exist from the checkpoint on.
+            m.lag_entries = runs
+                .iter()
+                .map(|r| r.end.saturating_sub(r.start.max(m.checkpoint)))
+                .sum();
+        }
         // Pins: each segment keeps the entries of this topic until every consumer is past
         // them; a topic nobody consumes pins everything of it.
         for s in &kept {
@@ -631,7 +647,16 @@ pub fn inspect(
             gaps,
         });
     }
-    // Topics known only from checkpoints (every entry deleted by retention).
+    // Topics known only from checkpoints (every entry deleted by retention, or a consumer
+    // registered before anything was appended): the log has them, empty.
+    let listed: std::collections::HashSet<String> = topics.iter().map(|t| t.name.clone()).collect();
+    for (name, ms) in &members {
+        if !listed.contains(name) {
+            let highest = ms.iter().map(|m| m.checkpoint).max().unwrap_or(0);
+            let e = floors.entry(name.clone()).or_insert(0);
+            *e = (*e).max(highest);
+        }
+    }
     for (name, next) in floors {
         topics.push(TopicInfo {
             name,
@@ -681,24 +706,9 @@ pub fn inspect(
 
     let mut consumers: Vec<ConsumerInfo> = Vec::new();
     for (topic, ms) in members {
-        let t = topics.iter().find(|t| t.name == topic);
         let acc = unread.remove(&topic).unwrap_or_default();
         for (m, (lag_bytes, oldest_ms)) in ms.into_iter().zip(acc) {
-            let lag_entries = t.map_or(0, |t| {
-                let mut n = 0;
-                let oldest = t.oldest_offset.unwrap_or(t.next_offset);
-                let from = m.checkpoint.max(oldest);
-                if from < t.next_offset {
-                    n = t.next_offset - from;
-                    for g in &t.gaps {
-                        let (a, b) = (g[0].max(from), g[1]);
-                        if a < b {
-                            n -= b - a;
-                        }
-                    }
-                }
-                n
-            });
+            let lag_entries = m.lag_entries;
             consumers.push(ConsumerInfo {
                 topic: topic.clone(),
                 consumer: m.name,
@@ -751,6 +761,7 @@ pub fn inspect(
 struct Member {
     name: String,
     checkpoint: u64,
+    lag_entries: u64,
     pinned_segments: u64,
     pinned_bytes: u64,
 }
@@ -858,8 +869,13 @@ fn read_segment(path: &Path) -> Result<Option<SegmentBytes>> {
         use std::os::unix::fs::MetadataExt;
         meta.blocks() * 512
     };
-    let Ok(cap) = usize::try_from(len) else {
-        return Err(io_err(io::Error::other("file too large to read")));
+    let cap = match usize::try_from(len) {
+        Ok(cap) if len <= MAX_READ => cap,
+        _ => {
+            return Err(io_err(io::Error::other(
+                "a segment file larger than 16 GiB: not read",
+            )));
+        }
     };
     // Zeroed pages come from the allocator untouched; only the written part is read.
     let mut bytes = vec![0u8; cap];
@@ -1039,7 +1055,6 @@ fn has_frames(path: &Path) -> bool {
 
 /// One entry read by [`read_topic`].
 #[derive(Clone, Debug)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct RawEntry {
     /// Its offset in the topic.
@@ -1047,17 +1062,32 @@ pub struct RawEntry {
     /// Append time, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
     /// The payload.
-    #[cfg_attr(feature = "serde", serde(skip))]
     pub data: Vec<u8>,
 }
 
 /// Where [`read_topic`] stopped: pass it back to read what was appended since.
-#[derive(Clone, Debug, Default)]
+///
+/// It keeps the bytes of the segment it stopped in, so reading on (`walrus tail --follow`)
+/// reads only what was written since, not the file again.
+#[derive(Default)]
 pub struct TopicCursor {
     /// The next offset wanted.
     pub next_offset: u64,
-    /// Segment (by name time) and byte position where reading goes on.
+    /// Segment (by name time) and byte position of the next frame to look at.
     at: Option<(u64, u64)>,
+    /// The bytes of segment `at.0` read so far (its length).
+    cached: Option<(u64, Vec<u8>)>,
+    /// Ids of the segments read: a later file with one of them is a copy.
+    ids: std::collections::HashSet<u64>,
+}
+
+impl std::fmt::Debug for TopicCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicCursor")
+            .field("next_offset", &self.next_offset)
+            .field("at", &self.at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TopicCursor {
@@ -1065,15 +1095,13 @@ impl TopicCursor {
     pub fn from_offset(offset: u64) -> TopicCursor {
         TopicCursor {
             next_offset: offset,
-            at: None,
+            ..TopicCursor::default()
         }
     }
 }
 
 /// Reads up to `limit` entries of `topic` from `cursor` on, without the lock, and moves the
-/// cursor past them. Frames are found by scanning the segment files, so this costs a pass over
-/// the files holding the entries read; a live writer's unfinished frame is not read, and a
-/// later call reads it once complete.
+/// cursor past them. See [`read_topic_with`].
 pub fn read_topic(
     data_dir: &Path,
     key: Option<&str>,
@@ -1081,61 +1109,147 @@ pub fn read_topic(
     cursor: &mut TopicCursor,
     limit: usize,
 ) -> Result<Vec<RawEntry>> {
+    let mut out = Vec::new();
+    read_topic_with(data_dir, key, topic, cursor, limit as u64, &mut |e| {
+        out.push(e);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Hands up to `limit` entries of `topic` from `cursor` on to `each`, in offset order, without
+/// the lock, and moves the cursor past them; returns how many. An error from `each` stops
+/// the read (the cursor stays past the entries handed out).
+///
+/// Frames are found by walking the segment files, from the cursor's segment on: the first
+/// call walks every file up to the entries wanted, later calls only what was written since.
+/// Segments of another log and copies of a segment (an id seen before) are skipped, as the
+/// log skips them. A live writer's unfinished frame is not read; a later call reads it once
+/// complete.
+pub fn read_topic_with(
+    data_dir: &Path,
+    key: Option<&str>,
+    topic: &str,
+    cursor: &mut TopicCursor,
+    limit: u64,
+    each: &mut dyn FnMut(RawEntry) -> std::io::Result<()>,
+) -> Result<u64> {
     let dir = namespace_path(data_dir, key)?;
     let names = list(&dir)?;
     storage::check_format(&dir)?;
+    let log_id = read_log_id(&dir, &mut Vec::new())?;
     // Which files the writer has started writing frames to, looked at before any is read: a
     // file found started here means the writer had left every earlier one, so reading those
     // afterwards sees them whole. A spare made ahead is not read (nor moved to) until then.
     let started: Vec<bool> = names.segments.iter().map(|(_, p)| has_frames(p)).collect();
-    let mut out = Vec::new();
+    let mut n = 0u64;
     for ((ms, path), started) in names.segments.iter().zip(started) {
-        if out.len() >= limit {
+        if n >= limit {
             break;
         }
         if !started || cursor.at.is_some_and(|(seg, _)| *ms < seg) {
             continue;
         }
-        let Some(seg) = read_segment(path)? else {
+        // The cached bytes of the cursor's file, topped up with what was written since.
+        let mut bytes = match cursor.cached.take() {
+            Some((seg, b)) if seg == *ms => b,
+            _ => Vec::new(),
+        };
+        let from = match cursor.at {
+            Some((s, pos)) if s == *ms => pos,
+            _ => PAGE,
+        };
+        if !top_up(path, &mut bytes, from)? {
+            continue; // deleted since the listing
+        }
+        let Ok(h) = SegmentHeader::decode_page(&bytes) else {
             continue;
         };
-        let Ok(h) = SegmentHeader::decode_page(&seg.bytes) else {
-            continue;
-        };
-        let start = match cursor.at {
-            Some((s, pos)) if s == *ms => pos as usize,
-            _ => PAGE as usize,
-        };
-        let mut resume = start;
-        for item in SegmentScan::new(&seg.bytes, h.segment_id, start, seg.bytes.len()) {
-            let ScanItem::Frame(f) = item else {
-                if let ScanItem::End { pos, .. } = item {
+        let resumed = cursor.at.is_some_and(|(s, _)| s == *ms);
+        if log_id.is_some_and(|id| h.log_id != id) || (!resumed && !cursor.ids.insert(h.segment_id))
+        {
+            continue; // another log's file, or a copy of one read already
+        }
+        let mut resume = from as usize;
+        let mut stopped = false;
+        for item in SegmentScan::new(&bytes, h.segment_id, from as usize, bytes.len()) {
+            let f = match item {
+                ScanItem::Frame(f) => f,
+                ScanItem::End { pos, .. } => {
                     resume = pos;
-                }
-                continue;
-            };
-            resume = f.next;
-            if f.topic(&seg.bytes) != topic.as_bytes() || f.end_offset() <= cursor.next_offset {
-                continue;
-            }
-            for (i, r) in FrameEntries::new(&seg.bytes, &f).enumerate() {
-                let offset = f.first_offset + i as u64;
-                if offset < cursor.next_offset {
                     continue;
                 }
-                if out.len() >= limit {
-                    cursor.at = Some((*ms, f.pos as u64));
-                    return Ok(out);
+                ScanItem::Skipped { next, .. } => {
+                    resume = next;
+                    continue;
                 }
-                out.push(RawEntry {
-                    offset,
-                    timestamp_ms: f.timestamp,
-                    data: seg.bytes[r].to_vec(),
-                });
-                cursor.next_offset = offset + 1;
+            };
+            if f.topic(&bytes) == topic.as_bytes() && f.end_offset() > cursor.next_offset {
+                for (i, r) in FrameEntries::new(&bytes, &f).enumerate() {
+                    let offset = f.first_offset + i as u64;
+                    if offset < cursor.next_offset {
+                        continue;
+                    }
+                    if n >= limit {
+                        stopped = true;
+                        break;
+                    }
+                    cursor.next_offset = offset + 1;
+                    n += 1;
+                    let e = RawEntry {
+                        offset,
+                        timestamp_ms: f.timestamp,
+                        data: bytes[r].to_vec(),
+                    };
+                    if let Err(e) = each(e) {
+                        cursor.at = Some((*ms, f.pos as u64));
+                        return Err(Error::Io(e));
+                    }
+                }
             }
+            if stopped {
+                resume = f.pos;
+                break;
+            }
+            resume = f.next;
         }
         cursor.at = Some((*ms, resume as u64));
+        cursor.cached = Some((*ms, bytes));
     }
-    Ok(out)
+    Ok(n)
+}
+
+/// Makes `bytes` the file's bytes up to the end of its written part, reading again from
+/// `from` (bytes before it are final: segments are only appended to). `false`: the file is gone.
+fn top_up(path: &Path, bytes: &mut Vec<u8>, from: u64) -> Result<bool> {
+    let io_err = |e: io::Error| Error::DataDir {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(e)),
+    };
+    let len = file.metadata().map_err(io_err)?.len();
+    let end = written_end(&file, len).min(MAX_READ);
+    let from = if bytes.is_empty() {
+        0
+    } else {
+        from.min(bytes.len() as u64)
+    };
+    bytes.resize(end.max(from) as usize, 0);
+    let mut at = from as usize;
+    while at < bytes.len() {
+        match file.read_at(&mut bytes[at..], at as u64) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    bytes.truncate(at);
+    // Zeros past the written part end the walk there, as in the file.
+    bytes.resize(bytes.len() + crate::format::FRAME_HEADER_LEN, 0);
+    Ok(true)
 }

@@ -212,7 +212,9 @@ pub(crate) async fn open(config: Config) -> Result<Arc<Inner>> {
     });
     let retention = tokio::spawn(retention::run(shared.clone(), shared.stop.subscribe()));
     lock(&shared.tasks).extend([durability, retention]);
-    crate::telemetry::opened(checksum_failures, shared.io.kind().name());
+    crate::telemetry::opened(checksum_failures);
+    #[cfg(feature = "metrics")]
+    crate::telemetry::sample(&shared);
     #[cfg(feature = "metrics")]
     lock(&shared.tasks).push(tokio::spawn(crate::telemetry::run(
         shared.clone(),

@@ -36,7 +36,7 @@ mod noop {
     #[inline(always)]
     pub(crate) fn deleted_segment(_bytes: u64) {}
     #[inline(always)]
-    pub(crate) fn opened(_damage: u64, _backend: &'static str) {}
+    pub(crate) fn opened(_damage: u64) {}
 }
 
 #[cfg(feature = "metrics")]
@@ -87,12 +87,10 @@ mod imp {
         counter!("walrus_reclaimed_bytes_total").increment(bytes);
     }
 
-    /// At open: what recovery found damaged, and the backend chosen.
-    pub(crate) fn opened(damage: u64, backend: &'static str) {
+    /// At open: what recovery found damaged.
+    pub(crate) fn opened(damage: u64) {
         describe();
-        counter!("walrus_recovered_damage_total").increment(damage);
         counter!("walrus_checksum_failures_total").increment(damage);
-        gauge!("walrus_backend_info", "backend" => backend).set(1.0);
     }
 
     fn describe() {
@@ -108,8 +106,7 @@ mod imp {
                 ("walrus_fsync_errors_total", Count, "Failed fdatasyncs: the file takes no more appends."),
                 ("walrus_segments_deleted_total", Count, "Segment files deleted by retention."),
                 ("walrus_reclaimed_bytes_total", Bytes, "Disk bytes of the segment files deleted."),
-                ("walrus_recovered_damage_total", Count, "Stretches of damage recovery stepped over at open."),
-                ("walrus_checksum_failures_total", Count, "Checksum failures found (recovery at open)."),
+                ("walrus_checksum_failures_total", Count, "Stretches of damage found by recovery (counted at each open of this process)."),
             ] {
                 describe_counter!(name, unit, help);
             }
@@ -128,6 +125,7 @@ mod imp {
                 ("walrus_disk_written_bytes", Bytes, "Bytes written into the live segment files."),
                 ("walrus_topics", Count, "Topics."),
                 ("walrus_backend_info", Count, "The I/O backend in use (label backend), always 1."),
+                ("walrus_recovered_damage", Count, "Stretches of damage the last open stepped over (still on disk)."),
                 ("walrus_topic_next_offset", Count, "The offset the next append to a consumed topic gets."),
                 ("walrus_topic_oldest_offset", Count, "The oldest retained offset of a consumed topic."),
                 ("walrus_consumer_checkpoint", Count, "A consumer's durable checkpoint (the next offset it reads)."),
@@ -156,6 +154,7 @@ mod imp {
 
     /// Sets every gauge from the log's state now.
     pub(crate) fn sample(shared: &Shared) {
+        let log = shared.dir.display().to_string();
         let segments = shared.alloc.segments();
         let (mut allocated, mut written, mut unsynced) = (0u64, 0u64, 0u64);
         for s in &segments {
@@ -164,17 +163,20 @@ mod imp {
             written += w;
             unsynced += w.saturating_sub(s.synced_to.load(Ordering::Acquire));
         }
-        gauge!("walrus_segments").set(segments.len() as f64);
-        gauge!("walrus_disk_allocated_bytes").set(allocated as f64);
-        gauge!("walrus_disk_written_bytes").set(written as f64);
-        gauge!("walrus_unsynced_bytes").set(unsynced as f64);
-        gauge!("walrus_topics").set(
-            shared
-                .topics
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .len() as f64,
-        );
+        gauge!("walrus_segments", "log" => log.clone()).set(segments.len() as f64);
+        gauge!("walrus_disk_allocated_bytes", "log" => log.clone()).set(allocated as f64);
+        gauge!("walrus_disk_written_bytes", "log" => log.clone()).set(written as f64);
+        gauge!("walrus_unsynced_bytes", "log" => log.clone()).set(unsynced as f64);
+        let topics = shared
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        gauge!("walrus_topics", "log" => log.clone()).set(topics as f64);
+        gauge!("walrus_backend_info", "log" => log.clone(), "backend" => shared.io.kind().name())
+            .set(1.0);
+        gauge!("walrus_recovered_damage", "log" => log.clone())
+            .set(shared.stats.checksum_failures.load(Ordering::Relaxed) as f64);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -192,8 +194,9 @@ mod imp {
             let oldest = t.oldest.load(Ordering::Acquire);
             let visible = t.visible();
             if seen_topics.insert(topic.clone()) {
-                gauge!("walrus_topic_next_offset", "topic" => topic.clone()).set(visible as f64);
-                gauge!("walrus_topic_oldest_offset", "topic" => topic.clone()).set(oldest as f64);
+                let labels = [("log", log.clone()), ("topic", topic.clone())];
+                gauge!("walrus_topic_next_offset", &labels).set(visible as f64);
+                gauge!("walrus_topic_oldest_offset", &labels).set(oldest as f64);
             }
             let durable = shared
                 .checkpoints
@@ -232,7 +235,11 @@ mod imp {
                 out.first()
                     .map_or(0.0, |e| now_ms.saturating_sub(e.timestamp) as f64 / 1000.0)
             };
-            let labels = [("topic", topic.clone()), ("consumer", consumer.clone())];
+            let labels = [
+                ("log", log.clone()),
+                ("topic", topic.clone()),
+                ("consumer", consumer.clone()),
+            ];
             gauge!("walrus_consumer_checkpoint", &labels).set(durable as f64);
             gauge!("walrus_consumer_lag_entries", &labels).set(lag as f64);
             gauge!("walrus_consumer_lag_bytes", &labels).set(lag_bytes as f64);

@@ -457,11 +457,12 @@ impl Writer {
             let (buf, res) = if durable {
                 let sync_started = Instant::now();
                 let (buf, res) = shared.io.write_all_at_durable(&file, w.pos, buf).await;
-                shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::synced(
-                    sync_started.elapsed(),
-                    !matches!(res, Err(DurableWriteError::Sync(_))),
-                );
+                // A sync was attempted unless the write half failed. Its time includes the
+                // write's (one operation).
+                if !matches!(res, Err(DurableWriteError::Write(_))) {
+                    shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::synced(sync_started.elapsed(), res.is_ok());
+                }
                 let res = res.map_err(|e| match e {
                     DurableWriteError::Write(e) => Error::Io(e),
                     DurableWriteError::Sync(e) => {

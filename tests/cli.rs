@@ -3,7 +3,7 @@
 #![cfg(feature = "cli")]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -27,6 +27,29 @@ async fn fill(wal: &Walrus, n: usize) {
         wal.append("a", format!("a-{i}")).await.unwrap();
         wal.append("b", format!("b-{i}")).await.unwrap();
     }
+}
+
+/// A closed log filled by [`fill`], and its one segment file.
+async fn closed_log(n: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open(dir.path()).await;
+    fill(&wal, n).await;
+    wal.close().await.unwrap();
+    let seg = segment_files(dir.path()).remove(0);
+    (dir, seg)
+}
+
+/// Flips `mask` in the byte `at` places into the first occurrence of `needle` in `seg`.
+/// Returns the file's bytes afterwards and where the needle starts.
+fn flip(seg: &Path, needle: &[u8], at: usize, mask: u8) -> (Vec<u8>, usize) {
+    let mut bytes = std::fs::read(seg).unwrap();
+    let pos = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("payload in the file");
+    bytes[pos + at] ^= mask;
+    std::fs::write(seg, &bytes).unwrap();
+    (bytes, pos)
 }
 
 fn json(args: &[&str]) -> (Value, i32) {
@@ -123,19 +146,10 @@ async fn inspect_and_verify_a_clean_log() {
 
 #[tokio::test]
 async fn verify_names_the_file_position_and_offsets_of_a_flipped_byte() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, seg) = closed_log(10).await;
     let d = dir.path().to_str().unwrap();
-    let wal = open(dir.path()).await;
-    fill(&wal, 10).await;
-    wal.close().await.unwrap();
-    let seg = segment_files(dir.path()).remove(0);
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes
-        .windows(3)
-        .position(|w| w == b"b-4")
-        .expect("payload in the file");
-    bytes[at + 2] ^= 0x40;
-    std::fs::write(&seg, &bytes).unwrap();
+    let (bytes, at) = flip(&seg, b"b-4", 2, 0x40);
+    let at = at + 2;
 
     let (v, code) = json(&["verify", d, "--json"]);
     assert_eq!(code, 1, "{v}");
@@ -172,6 +186,39 @@ async fn verify_names_the_file_position_and_offsets_of_a_flipped_byte() {
     assert!(!text.contains("b-4"));
     // And nothing was changed by looking.
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
+}
+
+/// An interrupted last write (what a crash leaves) is a warning, not damage: `verify` passes.
+#[tokio::test]
+async fn a_torn_tail_is_a_warning_and_verify_passes() {
+    let (dir, seg) = closed_log(3).await;
+    let d = dir.path().to_str().unwrap();
+    flip(&seg, b"b-2", 0, 0x40); // the last frame
+    let (v, code) = json(&["verify", d, "--json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["problems"][0]["kind"], "torn_tail");
+    assert_eq!(v["problems"][0]["severity"], "warning");
+}
+
+/// A copy of a segment (same id, newer name) is read once, as the log reads it.
+#[tokio::test]
+async fn dump_reads_a_copied_segment_once() {
+    let (dir, seg) = closed_log(3).await;
+    let d = dir.path().to_str().unwrap();
+    let name: u64 = seg.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    std::fs::copy(&seg, dir.path().join(format!("{}.seg", name + 1000))).unwrap();
+    let out = cargo_bin_cmd!("walrus")
+        .args(["dump", d, "a"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 3);
+    let (v, _) = json(&["inspect", d, "--json"]);
+    assert_eq!(v["topics"][0]["entries"], 3);
+    assert_eq!(
+        v["segments"][1]["copy_of"],
+        seg.file_name().unwrap().to_str().unwrap()
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Every metric moves when it should: a recorder installed, a log driven through appends,
-//! fsyncs (one failed), reads, acknowledgements, retention and a recovery with damage.
+//! fsyncs (one failed), reads, acknowledgements, retention and a recovery with damage. Two
+//! logs, each gauge under its own `log` label.
 //! Needs `--features metrics,failpoints`. One test: the recorder is process-wide.
 #![cfg(all(feature = "metrics", feature = "failpoints"))]
 
@@ -80,7 +81,17 @@ async fn every_metric_moves_when_it_should() {
         .unwrap();
     seen.refresh();
     let backend = wal.stats().backend.name();
-    assert_eq!(get("walrus_backend_info", &[("backend", backend)]), 1.0);
+    // Gauges carry the log's directory.
+    let log = dir.path().display().to_string();
+    let l = [("log", log.as_str())];
+    assert_eq!(
+        get(
+            "walrus_backend_info",
+            &[("log", &log), ("backend", backend)]
+        ),
+        1.0
+    );
+    assert_eq!(get("walrus_recovered_damage", &l), 0.0);
     for i in 0..10 {
         wal.append("t", format!("entry-{i}")).await.unwrap();
     }
@@ -109,21 +120,34 @@ async fn every_metric_moves_when_it_should() {
     }
     wal.record_metrics();
     seen.refresh();
-    let c = [("topic", "t"), ("consumer", "billing")];
+    let c = [
+        ("log", log.as_str()),
+        ("topic", "t"),
+        ("consumer", "billing"),
+    ];
     assert_eq!(get("walrus_consumer_checkpoint", &c), 3.0);
     assert_eq!(get("walrus_consumer_lag_entries", &c), 7.0);
     assert_eq!(get("walrus_consumer_lag_bytes", &c), 7.0 * 7.0);
     assert!(get("walrus_consumer_oldest_unconsumed_age_seconds", &c) >= 0.0);
     assert_eq!(get("walrus_consumer_pinned_bytes", &c), (256 << 10) as f64);
-    assert_eq!(get("walrus_topic_next_offset", &[("topic", "t")]), 10.0);
-    assert_eq!(get("walrus_topic_oldest_offset", &[("topic", "t")]), 0.0);
+    assert_eq!(
+        get("walrus_topic_next_offset", &[("log", &log), ("topic", "t")]),
+        10.0
+    );
+    assert_eq!(
+        get(
+            "walrus_topic_oldest_offset",
+            &[("log", &log), ("topic", "t")]
+        ),
+        0.0
+    );
     // Topics nobody consumes get no series of their own.
-    assert!(value("walrus_topic_next_offset", &[("topic", "u")]).is_none());
-    assert_eq!(get("walrus_topics", &[]), 2.0);
-    assert!(get("walrus_segments", &[]) >= 1.0);
-    assert!(get("walrus_disk_allocated_bytes", &[]) >= (256 << 10) as f64);
-    assert!(get("walrus_disk_written_bytes", &[]) > 13.0 * 44.0);
-    assert_eq!(get("walrus_unsynced_bytes", &[]), 0.0, "SyncEach");
+    assert!(value("walrus_topic_next_offset", &[("log", &log), ("topic", "u")]).is_none());
+    assert_eq!(get("walrus_topics", &l), 2.0);
+    assert!(get("walrus_segments", &l) >= 1.0);
+    assert!(get("walrus_disk_allocated_bytes", &l) >= (256 << 10) as f64);
+    assert!(get("walrus_disk_written_bytes", &l) > 13.0 * 44.0);
+    assert_eq!(get("walrus_unsynced_bytes", &l), 0.0, "SyncEach");
 
     // The consumer reads everything and more is written: consumed files are deleted.
     for i in 0..40 {
@@ -170,14 +194,16 @@ async fn every_metric_moves_when_it_should() {
         .open()
         .await
         .unwrap();
+    let log2 = dir2.path().display().to_string();
+    let l2 = [("log", log2.as_str())];
     wal.append("n", vec![1u8; 1000]).await.unwrap();
     wal.record_metrics();
     seen.refresh();
-    assert!(get("walrus_unsynced_bytes", &[]) >= 1000.0);
+    assert!(get("walrus_unsynced_bytes", &l2) >= 1000.0);
     wal.sync().await.unwrap();
     wal.record_metrics();
     seen.refresh();
-    assert_eq!(get("walrus_unsynced_bytes", &[]), 0.0);
+    assert_eq!(get("walrus_unsynced_bytes", &l2), 0.0);
     wal.close().await.unwrap();
 
     // Damage found by recovery.
@@ -188,10 +214,11 @@ async fn every_metric_moves_when_it_should() {
     bytes[p] ^= 1;
     std::fs::write(&seg, &bytes).unwrap();
     seen.refresh();
-    let before = get("walrus_recovered_damage_total", &[]);
+    let before = get("walrus_checksum_failures_total", &[]);
     let wal = common::small(dir2.path()).open().await.unwrap();
     seen.refresh();
-    assert_eq!(get("walrus_recovered_damage_total", &[]), before + 1.0);
+    assert_eq!(get("walrus_checksum_failures_total", &[]), before + 1.0);
+    assert_eq!(get("walrus_recovered_damage", &l2), 1.0);
     assert_eq!(wal.stats().checksum_failures, 1);
     wal.close().await.unwrap();
 }

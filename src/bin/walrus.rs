@@ -188,6 +188,8 @@ enum Format {
 
 /// What went wrong, with the exit status it maps to.
 enum Failure {
+    /// The reader of our output went away (`walrus dump … | head`): stop quietly.
+    Gone,
     /// Exit 1: damage found, or an operation failed.
     Failed(String),
     /// Exit 2: not a log directory, or input the tool cannot use.
@@ -197,6 +199,7 @@ enum Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         match e {
+            Error::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Failure::Gone,
             Error::NotALog { .. }
             | Error::UnsupportedFormat { .. }
             | Error::InvalidKey { .. }
@@ -214,6 +217,9 @@ impl From<Error> for Failure {
 
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Failure {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Failure::Gone;
+        }
         Failure::Failed(e.to_string())
     }
 }
@@ -284,6 +290,7 @@ fn main() -> ExitCode {
     };
     match res {
         Ok(code) => code,
+        Err(Failure::Gone) => ExitCode::SUCCESS,
         Err(Failure::Failed(m)) => {
             eprintln!("error: {m}");
             ExitCode::from(1)
@@ -599,36 +606,17 @@ fn print_entry(out: &mut impl Write, e: &inspect::RawEntry, format: Format) -> s
     }
 }
 
-/// Reads `topic` from `cursor` on, at most `limit` entries, in chunks.
-fn read_chunks(
-    t: &Target,
-    topic: &str,
-    cursor: &mut TopicCursor,
-    mut limit: u64,
-    mut each: impl FnMut(&inspect::RawEntry) -> std::io::Result<()>,
-) -> Result<u64, Failure> {
-    let mut n = 0;
-    while limit > 0 {
-        let chunk = limit.min(4096) as usize;
-        let got = inspect::read_topic(&t.dir, key(t), topic, cursor, chunk)?;
-        if got.is_empty() {
-            break;
-        }
-        for e in &got {
-            each(e)?;
-        }
-        n += got.len() as u64;
-        limit -= got.len() as u64;
-    }
-    Ok(n)
-}
-
 fn cmd_dump(t: &Target, topic: &str, from: u64, limit: Option<u64>, format: Format) -> Outcome {
     let mut cursor = TopicCursor::from_offset(from);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    read_chunks(t, topic, &mut cursor, limit.unwrap_or(u64::MAX), |e| {
-        print_entry(&mut out, e, format)
-    })?;
+    inspect::read_topic_with(
+        &t.dir,
+        key(t),
+        topic,
+        &mut cursor,
+        limit.unwrap_or(u64::MAX),
+        &mut |e| print_entry(&mut out, &e, format),
+    )?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -640,27 +628,29 @@ fn cmd_tail(
     follow: Option<Duration>,
     format: Format,
 ) -> Outcome {
-    // The last `lines` entries: from the topic's next offset back.
-    let report = inspect::inspect(&t.dir, key(t), &mut |_| {})?;
-    let (oldest, next) = report
-        .topics
-        .iter()
-        .find(|x| x.name == topic)
-        .map_or((0, 0), |x| {
-            (x.oldest_offset.unwrap_or(x.next_offset), x.next_offset)
-        });
-    let mut cursor = TopicCursor::from_offset(next.saturating_sub(lines).max(oldest));
-    let mut out = std::io::stdout().lock();
-    read_chunks(t, topic, &mut cursor, lines, |e| {
-        print_entry(&mut out, e, format)
+    // One pass over the topic, keeping the last `lines` entries.
+    let mut cursor = TopicCursor::from_offset(0);
+    let mut last = std::collections::VecDeque::new();
+    inspect::read_topic_with(&t.dir, key(t), topic, &mut cursor, u64::MAX, &mut |e| {
+        if lines > 0 {
+            if last.len() as u64 == lines {
+                last.pop_front();
+            }
+            last.push_back(e);
+        }
+        Ok(())
     })?;
+    let mut out = std::io::stdout().lock();
+    for e in &last {
+        print_entry(&mut out, e, format)?;
+    }
     out.flush()?;
     let Some(every) = follow else {
         return Ok(ExitCode::SUCCESS);
     };
     loop {
-        let n = read_chunks(t, topic, &mut cursor, u64::MAX, |e| {
-            print_entry(&mut out, e, format)
+        let n = inspect::read_topic_with(&t.dir, key(t), topic, &mut cursor, u64::MAX, &mut |e| {
+            print_entry(&mut out, &e, format)
         })?;
         if n > 0 {
             out.flush()?;
@@ -687,12 +677,17 @@ fn cmd_produce(t: &Target, topic: &str, batch: usize, json: bool) -> Outcome {
     let rt = runtime()?;
     let wal = open(&rt, t, FsyncSchedule::Milliseconds(200))?;
     let stdin = std::io::stdin();
-    let batch = if stdin.is_terminal() { 1 } else { batch.max(1) };
+    // No larger than the library takes in one batch.
+    let batch = if stdin.is_terminal() {
+        1
+    } else {
+        batch.clamp(1, walrus_async::DEFAULT_MAX_BATCH_ENTRIES)
+    };
     let mut lines = stdin.lock().lines();
     let (mut first, mut next, mut entries) = (None, 0u64, 0u64);
     let res: Result<(), Failure> = (|| {
         loop {
-            let mut chunk = Vec::with_capacity(batch);
+            let mut chunk = Vec::with_capacity(batch.min(4096));
             for line in lines.by_ref() {
                 chunk.push(line?);
                 if chunk.len() >= batch {
