@@ -77,6 +77,8 @@ mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod inspect;
 mod io;
 mod lifecycle;
@@ -104,7 +106,7 @@ pub use error::{Error, Result};
 pub use failpoints::FailPoints;
 pub use reader::Entry;
 pub use stream::TopicStream;
-pub use wal::{ConsumerLag, ResetTo, Stats, Walrus};
+pub use wal::{ConsumerLag, ResetTo, Stats, TopicInfo, Walrus};
 
 /// The README's examples, compiled and run as doctests so they cannot drift from the API.
 #[cfg(doctest)]

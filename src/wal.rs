@@ -69,6 +69,22 @@ pub struct ConsumerLag {
     pub lag: u64,
 }
 
+/// What a topic holds, from [`Walrus::topic_info`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicInfo {
+    /// The topic.
+    pub name: String,
+    /// Offset of the oldest retained entry (equal to `next_offset` when none is).
+    pub oldest_offset: u64,
+    /// The offset the next append gets (entries below it are visible to readers).
+    pub next_offset: u64,
+    /// Entries retained (offsets between the two, less those of failed appends).
+    pub entries: u64,
+    /// Payload bytes retained.
+    pub bytes: u64,
+}
+
 /// An open write-ahead log.
 ///
 /// A cheap handle: clone it to share between tasks. See the [crate docs](crate) for an
@@ -167,7 +183,7 @@ impl Walrus {
         &self.inner.shared
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.shared().closed.load(Ordering::Acquire) {
             Err(self.shared().stopped())
         } else {
@@ -754,6 +770,32 @@ impl Walrus {
         let Some(t) = self.topic(topic) else { return 0 };
         let acked = self.consumer_state(&t, "").acked.load(Ordering::Acquire);
         t.entries_between(acked.max(t.oldest.load(Ordering::Acquire)), t.visible())
+    }
+
+    /// What `topic` holds now: its oldest retained and next offsets, entries and payload
+    /// bytes retained. `None` for a topic the log does not have.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> walrus_async::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let wal = walrus_async::Walrus::open(dir.path()).await?;
+    /// wal.append_batch("orders", ["a", "b"]).await?;
+    /// let info = wal.topic_info("orders").unwrap();
+    /// assert_eq!((info.oldest_offset, info.next_offset, info.entries), (0, 2, 2));
+    /// assert!(wal.topic_info("nothing").is_none());
+    /// # wal.close().await }
+    /// ```
+    pub fn topic_info(&self, topic: &str) -> Option<TopicInfo> {
+        let t = self.topic(topic)?;
+        let next = t.visible();
+        let oldest = t.oldest.load(Ordering::Acquire).min(next);
+        Some(TopicInfo {
+            name: t.name.to_string(),
+            oldest_offset: oldest,
+            next_offset: next,
+            entries: t.entries_between(oldest, next),
+            bytes: t.retained_bytes(),
+        })
     }
 
     /// Payload bytes of `topic` retained on disk (framing not counted).

@@ -1,0 +1,426 @@
+//! The log over HTTP (feature `http`): an axum [`Router`] to nest into an application.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> walrus_async::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let wal = walrus_async::Walrus::open(dir.path()).await?;
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "my service" }))
+//!     .nest("/log", walrus_async::http::router(wal.clone()));
+//! // axum::serve(listener, app).await …
+//! # drop(app);
+//! # wal.close().await }
+//! ```
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /topics/{topic}` | appends the body as one entry: `{"offset": n}` once the append resolved (durable under `SyncEach`) |
+//! | `POST /topics/{topic}/batch` | appends atomically the entries of an NDJSON body (`application/x-ndjson`, one item a line) or a JSON array: an item is a UTF-8 string, `{"data": "…"}` or `{"data_base64": "…"}`; `{"first": n, "end": m}` |
+//! | `GET /topics/{topic}/entries?from=N&max_bytes=M` | NDJSON, one entry a line: `offset`, `timestamp_ms`, `data` (UTF-8) or `data_base64`; at least one entry when any is there, about `max_bytes` of payload (default 1 MiB) |
+//! | `GET /topics` | `{"topics": [names]}` |
+//! | `GET /topics/{topic}` | offsets, entries, bytes, and each registered consumer with its lag |
+//! | `POST /topics/{topic}/consumers/{name}/reset` | body `{"offset": n}`, `{"to": "earliest"}` or `{"to": "latest"}`: `{"offset": n}` where it now resumes (`_` names the default consumer) |
+//! | `DELETE /topics/{topic}/consumers/{name}` | forgets a named consumer |
+//! | `GET /healthz`, `GET /readyz` | 200 while the process runs; 200 while the log is open, 503 once closed |
+//!
+//! Errors are JSON, `{"error": kind, "message": …}`: 400 an invalid topic or consumer name or a
+//! bad body, 401 a missing or wrong token, 404 an unknown topic, 409 a consumer busy with a
+//! live stream, 410 entries deleted by retention (with `"oldest"`), 413 an entry, batch or
+//! body too large (the body limit applies while the body is read, before it is whole), 503 the
+//! log closed, 500 I/O failures.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{Error, ResetTo, Walrus};
+
+/// Settings of [`router_with`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Options {
+    /// A bearer token every route but `/healthz` requires (`Authorization: Bearer …`).
+    pub token: Option<String>,
+    /// The largest request body read, in bytes: larger ones get 413 while being read.
+    /// Default: 2 × [`DEFAULT_MAX_BATCH_BYTES`](crate::DEFAULT_MAX_BATCH_BYTES), room for a
+    /// largest batch in base64.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            token: None,
+            max_body_bytes: 2 * crate::DEFAULT_MAX_BATCH_BYTES,
+        }
+    }
+}
+
+impl Options {
+    /// Requires `token` on every route but `/healthz`.
+    pub fn token(mut self, token: impl Into<String>) -> Options {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets [`max_body_bytes`](Self::max_body_bytes).
+    pub fn max_body_bytes(mut self, n: usize) -> Options {
+        self.max_body_bytes = n;
+        self
+    }
+}
+
+/// The routes of the module docs, on `wal`, without a token.
+pub fn router(wal: Walrus) -> Router {
+    router_with(wal, Options::default())
+}
+
+/// The routes of the module docs, on `wal`, with `options`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> walrus_async::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let wal = walrus_async::Walrus::open(dir.path()).await?;
+/// use walrus_async::http::{Options, router_with};
+/// let app = router_with(wal.clone(), Options::default().token("s3cret"));
+/// # drop(app);
+/// # wal.close().await }
+/// ```
+pub fn router_with(wal: Walrus, options: Options) -> Router {
+    let token: Option<Arc<str>> = options.token.map(Arc::from);
+    let guarded = Router::new()
+        .route("/readyz", get(readyz))
+        .route("/topics", get(topics))
+        .route("/topics/{topic}", post(append).get(topic_info))
+        .route("/topics/{topic}/batch", post(append_batch))
+        .route("/topics/{topic}/entries", get(entries))
+        .route(
+            "/topics/{topic}/consumers/{name}/reset",
+            post(reset_consumer),
+        )
+        .route(
+            "/topics/{topic}/consumers/{name}",
+            axum::routing::delete(remove_consumer),
+        )
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .route_layer(middleware::from_fn_with_state(token, authorize));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(guarded)
+        .with_state(wal)
+}
+
+/// An error as the API reports it.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    oldest: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            oldest: None,
+        }
+    }
+
+    fn bad_body(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_body", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.kind, "message": self.message});
+        if let Some(oldest) = self.oldest {
+            body["oldest"] = json!(oldest);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let (status, kind) = match &e {
+            Error::InvalidTopic { .. } => (StatusCode::BAD_REQUEST, "invalid_topic"),
+            Error::InvalidConsumer { .. } => (StatusCode::BAD_REQUEST, "invalid_consumer"),
+            Error::InvalidAck { .. } => (StatusCode::BAD_REQUEST, "invalid_ack"),
+            Error::EntryTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "entry_too_large"),
+            Error::BatchTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
+            Error::ConsumerBusy { .. } => (StatusCode::CONFLICT, "consumer_busy"),
+            Error::Truncated { .. } => (StatusCode::GONE, "truncated"),
+            Error::Closed | Error::RuntimeGone => (StatusCode::SERVICE_UNAVAILABLE, "closed"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let oldest = match &e {
+            Error::Truncated { oldest, .. } => Some(*oldest),
+            _ => None,
+        };
+        ApiError {
+            status,
+            kind,
+            message: e.to_string(),
+            oldest,
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> ApiError {
+        body_rejection(r.status(), r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text())
+    }
+}
+
+fn body_rejection(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "body_too_large", text)
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_body", text)
+    }
+}
+
+async fn authorize(
+    State(token): State<Option<Arc<str>>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn readyz(State(wal): State<Walrus>) -> Response {
+    if wal.check_open().is_err() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "closed",
+            "the log is closed",
+        )
+        .into_response()
+    } else {
+        Json(json!({"status": "ready"})).into_response()
+    }
+}
+
+async fn topics(State(wal): State<Walrus>) -> Result<Json<Value>, ApiError> {
+    wal.check_open()?;
+    let mut names = wal.topics();
+    names.sort();
+    Ok(Json(json!({ "topics": names })))
+}
+
+async fn topic_info(
+    State(wal): State<Walrus>,
+    Path(topic): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let info = known(&wal, &topic)?;
+    let consumers: Vec<Value> = wal
+        .stats()
+        .consumers
+        .into_iter()
+        .filter(|c| c.topic == topic)
+        .map(|c| json!({"consumer": c.consumer, "lag": c.lag}))
+        .collect();
+    Ok(Json(json!({
+        "name": info.name,
+        "oldest_offset": info.oldest_offset,
+        "next_offset": info.next_offset,
+        "entries": info.entries,
+        "bytes": info.bytes,
+        "consumers": consumers,
+    })))
+}
+
+/// The topic's state, or 404 (and 400 for a name no topic can have, 503 once closed).
+fn known(wal: &Walrus, topic: &str) -> Result<crate::TopicInfo, ApiError> {
+    wal.check_open()?;
+    crate::topic::validate_topic(topic)?;
+    wal.topic_info(topic).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_topic",
+            format!("no topic {topic:?}"),
+        )
+    })
+}
+
+async fn append(
+    State(wal): State<Walrus>,
+    Path(topic): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let offset = wal.append(&topic, body?).await?;
+    Ok(Json(json!({ "offset": offset })))
+}
+
+/// One item of a batch body.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Item {
+    Text(String),
+    Data { data: String },
+    Base64 { data_base64: String },
+}
+
+impl Item {
+    fn into_bytes(self) -> Result<Bytes, ApiError> {
+        match self {
+            Item::Text(s) | Item::Data { data: s } => Ok(Bytes::from(s)),
+            Item::Base64 { data_base64 } => base64::engine::general_purpose::STANDARD
+                .decode(data_base64)
+                .map(Bytes::from)
+                .map_err(|e| ApiError::bad_body(format!("data_base64: {e}"))),
+        }
+    }
+}
+
+async fn append_batch(
+    State(wal): State<Walrus>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body?;
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    let items: Vec<Item> = if ndjson {
+        body.split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, line)| {
+                serde_json::from_slice(line)
+                    .map_err(|e| ApiError::bad_body(format!("line {}: {e}", i + 1)))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_body(format!(
+                "expected a JSON array of entries (or application/x-ndjson): {e}"
+            ))
+        })?
+    };
+    let entries = items
+        .into_iter()
+        .map(Item::into_bytes)
+        .collect::<Result<Vec<_>, _>>()?;
+    let range = wal.append_batch(&topic, entries).await?;
+    Ok(Json(json!({"first": range.start, "end": range.end})))
+}
+
+#[derive(Deserialize)]
+struct EntriesQuery {
+    #[serde(default)]
+    from: u64,
+    max_bytes: Option<usize>,
+}
+
+async fn entries(
+    State(wal): State<Walrus>,
+    Path(topic): Path<String>,
+    query: Result<Query<EntriesQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    known(&wal, &topic)?;
+    let got = wal
+        .read_at(&topic, q.from, q.max_bytes.unwrap_or(1 << 20))
+        .await?;
+    let mut out = Vec::new();
+    for e in got {
+        let line = match std::str::from_utf8(&e.data) {
+            Ok(s) => json!({"offset": e.offset, "timestamp_ms": e.timestamp, "data": s}),
+            Err(_) => json!({
+                "offset": e.offset,
+                "timestamp_ms": e.timestamp,
+                "data_base64": base64::engine::general_purpose::STANDARD.encode(&e.data),
+            }),
+        };
+        serde_json::to_writer(&mut out, &line).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        out.push(b'\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}
+
+/// The body of a reset: `{"offset": n}` or `{"to": "earliest" | "latest"}`.
+#[derive(Deserialize)]
+struct ResetBody {
+    offset: Option<u64>,
+    to: Option<String>,
+}
+
+/// `_` in a path names the topic's default consumer (whose name is empty).
+fn consumer_name(name: &str) -> &str {
+    if name == "_" { "" } else { name }
+}
+
+async fn reset_consumer(
+    State(wal): State<Walrus>,
+    Path((topic, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    // JSON whatever the content type says: `curl -d '{"offset": 3}'` sends a form type.
+    let body: ResetBody =
+        serde_json::from_slice(&body?).map_err(|e| ApiError::bad_body(e.to_string()))?;
+    let to = match (body.offset, body.to.as_deref()) {
+        (Some(n), None) => ResetTo::Offset(n),
+        (None, Some("earliest")) => ResetTo::Earliest,
+        (None, Some("latest")) => ResetTo::Latest,
+        _ => {
+            return Err(ApiError::bad_body(
+                r#"expected {"offset": n}, {"to": "earliest"} or {"to": "latest"}"#,
+            ));
+        }
+    };
+    let at = wal.reset_consumer(&topic, consumer_name(&name), to).await?;
+    Ok(Json(json!({ "offset": at })))
+}
+
+async fn remove_consumer(
+    State(wal): State<Walrus>,
+    Path((topic, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    wal.remove_consumer(&topic, consumer_name(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,367 @@
+//! The HTTP router (feature `http`): every route, every error status, the token, and a real
+//! client over TCP against a server on 127.0.0.1.
+#![cfg(feature = "http")]
+
+mod common;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::ServiceExt;
+use walrus_async::Walrus;
+use walrus_async::http::{Options, router, router_with};
+
+/// Sends one request to `app`; returns the status and the body (JSON if it parses, else a
+/// string of the text).
+async fn call(app: &Router, method: &str, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+    call_with(app, Request::builder().method(method).uri(uri), body).await
+}
+
+async fn call_with(
+    app: &Router,
+    req: axum::http::request::Builder,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
+    let res = app
+        .clone()
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, v)
+}
+
+fn ndjson(v: &Value) -> Vec<Value> {
+    v.as_str()
+        .map(|s| {
+            s.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![v.clone()])
+}
+
+#[tokio::test]
+async fn append_read_and_describe_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    let app = Router::new().nest("/log", router(wal.clone()));
+
+    let (s, v) = call(&app, "POST", "/log/topics/orders", "first").await;
+    assert_eq!((s, &v["offset"]), (StatusCode::OK, &Value::from(0)));
+    let (s, v) = call(&app, "POST", "/log/topics/orders", vec![0xffu8, 0]).await;
+    assert_eq!((s, &v["offset"]), (StatusCode::OK, &Value::from(1)));
+    // Appended means readable, through the library too.
+    assert_eq!(wal.read_at("orders", 0, 0).await.unwrap()[0].data, "first");
+
+    let req = Request::builder()
+        .method("POST")
+        .uri("/log/topics/orders/batch")
+        .header("content-type", "application/x-ndjson");
+    let (s, v) = call_with(
+        &app,
+        req,
+        "\"a\"\n{\"data\":\"b\"}\n\n{\"data_base64\":\"Yw==\"}\n",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((v["first"].as_u64(), v["end"].as_u64()), (Some(2), Some(5)));
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/log/topics/orders/batch",
+        r#"["d", {"data_base64": "ZQ=="}]"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((v["first"].as_u64(), v["end"].as_u64()), (Some(5), Some(7)));
+
+    let (s, v) = call(
+        &app,
+        "GET",
+        "/log/topics/orders/entries?from=1",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let lines = ndjson(&v);
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[0]["offset"], 1);
+    assert_eq!(lines[0]["data_base64"], "/wA=");
+    assert!(lines[0]["timestamp_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    let texts: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["a", "b", "c", "d", "e"]);
+
+    let (s, v) = call(&app, "GET", "/log/topics", Body::empty()).await;
+    assert_eq!(
+        (s, v["topics"].clone()),
+        (StatusCode::OK, serde_json::json!(["orders"]))
+    );
+    let mut stream = wal.subscribe_as("orders", "billing").unwrap();
+    use futures::StreamExt;
+    let e = stream.next().await.unwrap().unwrap();
+    stream.ack(e.offset).await.unwrap();
+    let (s, v) = call(&app, "GET", "/log/topics/orders", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["oldest_offset"].as_u64(), v["next_offset"].as_u64()),
+        (Some(0), Some(7))
+    );
+    assert_eq!(v["entries"], 7);
+    assert_eq!(v["consumers"][0]["consumer"], "billing");
+    assert_eq!(v["consumers"][0]["lag"], 6);
+    drop(stream);
+
+    let (s, _) = call(&app, "GET", "/log/healthz", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&app, "GET", "/log/readyz", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    wal.close().await.unwrap();
+    let (s, v) = call(&app, "GET", "/log/readyz", Body::empty()).await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &Value::from("closed"))
+    );
+    let (s, v) = call(&app, "POST", "/log/topics/orders", "late").await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &Value::from("closed"))
+    );
+}
+
+#[tokio::test]
+async fn consumers_are_reset_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    wal.append_batch("t", ["a", "b", "c"]).await.unwrap();
+    let app = router(wal.clone());
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/topics/t/consumers/c/reset",
+        r#"{"offset": 2}"#,
+    )
+    .await;
+    assert_eq!((s, &v["offset"]), (StatusCode::OK, &Value::from(2)));
+    assert_eq!(wal.consumer_lag("t", "c"), Some(1));
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/topics/t/consumers/c/reset",
+        r#"{"to": "earliest"}"#,
+    )
+    .await;
+    assert_eq!((s, &v["offset"]), (StatusCode::OK, &Value::from(0)));
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/topics/t/consumers/_/reset",
+        r#"{"to": "latest"}"#,
+    )
+    .await;
+    assert_eq!((s, &v["offset"]), (StatusCode::OK, &Value::from(3)));
+    assert_eq!(
+        wal.entry_count("t"),
+        0,
+        "the default consumer moved to the end"
+    );
+    // Busy while a stream of it is live.
+    let live = wal.subscribe_as("t", "c").unwrap();
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/topics/t/consumers/c/reset",
+        r#"{"offset": 1}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::CONFLICT, &Value::from("consumer_busy"))
+    );
+    let (s, _) = call(&app, "DELETE", "/topics/t/consumers/c", Body::empty()).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    drop(live);
+    let (s, _) = call(&app, "DELETE", "/topics/t/consumers/c", Body::empty()).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(wal.consumer_lag("t", "c"), None);
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/topics/t/consumers/c/reset",
+        r#"{"to": "sideways"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::BAD_REQUEST, &Value::from("bad_body"))
+    );
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_error_has_its_status_and_a_json_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path())
+        .max_entry_bytes(64)
+        .segment_bytes(64 << 10)
+        .retention_bytes(1)
+        .open()
+        .await
+        .unwrap();
+    let app = router_with(wal.clone(), Options::default().max_body_bytes(1 << 10));
+    let long = "x".repeat(300);
+    let (s, v) = call(&app, "POST", &format!("/topics/{long}"), "x").await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::BAD_REQUEST, &Value::from("invalid_topic"))
+    );
+    let (s, v) = call(&app, "POST", "/topics/t/batch", "not json").await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::BAD_REQUEST, &Value::from("bad_body"))
+    );
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/topics/t/batch",
+        r#"[{"data_base64": "!!"}]"#,
+    )
+    .await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::BAD_REQUEST, &Value::from("bad_body"))
+    );
+    let (s, v) = call(&app, "GET", "/topics/t/entries?from=minus", Body::empty()).await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::BAD_REQUEST, &Value::from("bad_query"))
+    );
+    let (s, v) = call(&app, "GET", "/topics/none", Body::empty()).await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::NOT_FOUND, &Value::from("unknown_topic"))
+    );
+    let (s, _) = call(&app, "GET", "/topics/none/entries", Body::empty()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The entry limit, and the body limit while the body is read.
+    let (s, v) = call(&app, "POST", "/topics/t", vec![1u8; 65]).await;
+    assert_eq!(
+        (s, &v["error"]),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &Value::from("entry_too_large")
+        )
+    );
+    let (s, v) = call(&app, "POST", "/topics/t", vec![1u8; 2 << 10]).await;
+    assert_eq!(
+        (s, &v["error"]),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &Value::from("body_too_large")
+        )
+    );
+    let chunks = futures::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![1u8; 512])));
+    let (s, _) = call(&app, "POST", "/topics/t", Body::from_stream(chunks)).await;
+    assert_eq!(
+        s,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "a streamed body without a length"
+    );
+    assert_eq!(
+        wal.topic_info("t"),
+        None,
+        "nothing was appended by a refused request"
+    );
+    // Entries deleted by retention: 410 with the oldest offset.
+    for _ in 0..3000 {
+        wal.append("t", vec![7u8; 64]).await.unwrap();
+    }
+    wal.reclaim().await.unwrap();
+    let oldest = wal.topic_info("t").unwrap().oldest_offset;
+    assert!(oldest > 0);
+    let (s, v) = call(&app, "GET", "/topics/t/entries?from=0", Body::empty()).await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::GONE, &Value::from("truncated"))
+    );
+    assert_eq!(v["oldest"], oldest);
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_token_guards_every_route_but_healthz() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    let app = router_with(wal.clone(), Options::default().token("s3cret"));
+    let (s, _) = call(&app, "GET", "/healthz", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    for (method, uri) in [
+        ("GET", "/topics"),
+        ("POST", "/topics/t"),
+        ("GET", "/readyz"),
+    ] {
+        let (s, v) = call(&app, method, uri, "x").await;
+        assert_eq!(
+            (s, &v["error"]),
+            (StatusCode::UNAUTHORIZED, &Value::from("unauthorized"))
+        );
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", "Bearer wrong");
+        let (s, _) = call_with(&app, req, "x").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(wal.topic_info("t"), None, "refused requests append nothing");
+    let req = Request::builder()
+        .method("POST")
+        .uri("/topics/t")
+        .header("authorization", "Bearer s3cret");
+    let (s, v) = call_with(&app, req, "x").await;
+    assert_eq!((s, &v["offset"]), (StatusCode::OK, &Value::from(0)));
+    wal.close().await.unwrap();
+}
+
+/// Over a real socket: a server on 127.0.0.1 and an HTTP/1.1 client writing bytes.
+#[tokio::test]
+async fn a_real_client_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Walrus::open(dir.path()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().nest("/log", router(wal.clone()));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    async fn http(addr: std::net::SocketAddr, request: String) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        out
+    }
+    let res = http(
+        addr,
+        "POST /log/topics/tcp HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+            .into(),
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert!(res.ends_with(r#"{"offset":0}"#), "{res}");
+    let res = http(
+        addr,
+        "GET /log/topics/tcp/entries HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await;
+    assert!(res.contains("content-type: application/x-ndjson"), "{res}");
+    assert!(res.contains(r#""data":"hello""#), "{res}");
+    server.abort();
+    wal.close().await.unwrap();
+}
