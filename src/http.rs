@@ -16,23 +16,25 @@
 //! |---|---|
 //! | `POST /topics/{topic}` | appends the body as one entry: `{"offset": n}` once the append resolved (durable under `SyncEach`) |
 //! | `POST /topics/{topic}/batch` | appends atomically the entries of an NDJSON body (`application/x-ndjson`, one item a line) or a JSON array: an item is a UTF-8 string, `{"data": "…"}` or `{"data_base64": "…"}`; `{"first": n, "end": m}` |
-//! | `GET /topics/{topic}/entries?from=N&max_bytes=M` | NDJSON, one entry a line: `offset`, `timestamp_ms`, `data` (UTF-8) or `data_base64`; at least one entry when any is there, about `max_bytes` of payload (default 1 MiB) |
+//! | `GET /topics/{topic}/entries?from=N&max_bytes=M` | NDJSON, one entry a line: `offset`, `timestamp_ms`, `data` (UTF-8) or `data_base64`; at least one entry when any is there, about `max_bytes` of payload (default 1 MiB, at most [`Options::max_read_bytes`]) |
 //! | `GET /topics` | `{"topics": [names]}` |
 //! | `GET /topics/{topic}` | offsets, entries, bytes, and each registered consumer with its lag |
-//! | `POST /topics/{topic}/consumers/{name}/reset` | body `{"offset": n}`, `{"to": "earliest"}` or `{"to": "latest"}`: `{"offset": n}` where it now resumes (`_` names the default consumer) |
-//! | `DELETE /topics/{topic}/consumers/{name}` | forgets a named consumer |
+//! | `POST /topics/{topic}/consumers/{name}/reset` | body `{"offset": n}`, `{"to": "earliest"}` or `{"to": "latest"}`: `{"offset": n}` where it now resumes (`_` names the default consumer, so a consumer named `_` is out of reach here) |
+//! | `DELETE /topics/{topic}/consumers/{name}` | forgets a named consumer (204) |
 //! | `GET /healthz`, `GET /readyz` | 200 while the process runs; 200 while the log is open, 503 once closed |
 //!
 //! Errors are JSON, `{"error": kind, "message": …}`: 400 an invalid topic or consumer name or a
 //! bad body, 401 a missing or wrong token, 404 an unknown topic, 409 a consumer busy with a
 //! live stream, 410 entries deleted by retention (with `"oldest"`), 413 an entry, batch or
-//! body too large (the body limit applies while the body is read, before it is whole), 503 the
-//! log closed, 500 I/O failures.
+//! body too large (a body is refused at once when its `Content-Length` passes the route's limit,
+//! else as soon as more than that was read; a batch's items are counted while decoded), 503
+//! the log closed, 500 I/O failures, and 404/405 JSON for unknown routes and methods.
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -51,17 +53,21 @@ use crate::{Error, ResetTo, Walrus};
 pub struct Options {
     /// A bearer token every route but `/healthz` requires (`Authorization: Bearer …`).
     pub token: Option<String>,
-    /// The largest request body read, in bytes: larger ones get 413 while being read.
-    /// Default: 2 × [`DEFAULT_MAX_BATCH_BYTES`](crate::DEFAULT_MAX_BATCH_BYTES), room for a
-    /// largest batch in base64.
-    pub max_body_bytes: usize,
+    /// The largest request body read, in bytes; `None`: what the log takes (`max_entry_bytes`
+    /// for an append, twice `max_batch_bytes` for a batch, room for base64). A larger body
+    /// gets 413: at once when its `Content-Length` says so, else once that much was read.
+    pub max_body_bytes: Option<usize>,
+    /// The most payload one `GET …/entries` returns (default 16 MiB), whatever `max_bytes`
+    /// asks.
+    pub max_read_bytes: usize,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
             token: None,
-            max_body_bytes: 2 * crate::DEFAULT_MAX_BATCH_BYTES,
+            max_body_bytes: None,
+            max_read_bytes: 16 << 20,
         }
     }
 }
@@ -75,7 +81,13 @@ impl Options {
 
     /// Sets [`max_body_bytes`](Self::max_body_bytes).
     pub fn max_body_bytes(mut self, n: usize) -> Options {
-        self.max_body_bytes = n;
+        self.max_body_bytes = Some(n);
+        self
+    }
+
+    /// Sets [`max_read_bytes`](Self::max_read_bytes).
+    pub fn max_read_bytes(mut self, n: usize) -> Options {
+        self.max_read_bytes = n;
         self
     }
 }
@@ -97,7 +109,21 @@ pub fn router(wal: Walrus) -> Router {
 /// # wal.close().await }
 /// ```
 pub fn router_with(wal: Walrus, options: Options) -> Router {
-    let token: Option<Arc<str>> = options.token.map(Arc::from);
+    let token: Option<Arc<str>> = options.token.clone().map(Arc::from);
+    let cfg = wal.config();
+    let limits = Limits {
+        entry: options.max_body_bytes.unwrap_or(cfg.max_entry_bytes),
+        batch: options
+            .max_body_bytes
+            .unwrap_or(cfg.max_batch_bytes.saturating_mul(2).max(1 << 20)),
+        small: options.max_body_bytes.unwrap_or(64 << 10).min(64 << 10),
+        batch_entries: cfg.max_batch_entries,
+        read: options.max_read_bytes,
+    };
+    let state = Ctx {
+        wal,
+        limits: Arc::new(limits),
+    };
     let guarded = Router::new()
         .route("/readyz", get(readyz))
         .route("/topics", get(topics))
@@ -112,12 +138,71 @@ pub fn router_with(wal: Walrus, options: Options) -> Router {
             "/topics/{topic}/consumers/{name}",
             axum::routing::delete(remove_consumer),
         )
-        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        // Bodies are read by `read_body`, with each route's own limit.
+        .layer(DefaultBodyLimit::disable())
         .route_layer(middleware::from_fn_with_state(token, authorize));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .merge(guarded)
-        .with_state(wal)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the route does not take this method",
+            )
+        })
+        .with_state(state)
+}
+
+/// What each route reads at most.
+struct Limits {
+    entry: usize,
+    batch: usize,
+    small: usize,
+    batch_entries: usize,
+    read: usize,
+}
+
+/// The routes' state.
+#[derive(Clone)]
+struct Ctx {
+    wal: Walrus,
+    limits: Arc<Limits>,
+}
+
+impl axum::extract::FromRef<Ctx> for Walrus {
+    fn from_ref(c: &Ctx) -> Walrus {
+        c.wal.clone()
+    }
+}
+
+/// Reads a request body of at most `limit` bytes: 413 at once when `Content-Length` says it
+/// is larger (nothing is read, and no `100 Continue` is sent), else once more was read.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let length_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if length_limit {
+            too_large()
+        } else {
+            ApiError::bad_body(format!("reading the body: {e}"))
+        }
+    })
 }
 
 /// An error as the API reports it.
@@ -179,23 +264,9 @@ impl From<Error> for ApiError {
     }
 }
 
-impl From<BytesRejection> for ApiError {
-    fn from(r: BytesRejection) -> ApiError {
-        body_rejection(r.status(), r.body_text())
-    }
-}
-
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text())
-    }
-}
-
-fn body_rejection(status: StatusCode, text: String) -> ApiError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "body_too_large", text)
-    } else {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_body", text)
     }
 }
 
@@ -209,7 +280,9 @@ async fn authorize(
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -284,11 +357,13 @@ fn known(wal: &Walrus, topic: &str) -> Result<crate::TopicInfo, ApiError> {
 }
 
 async fn append(
-    State(wal): State<Walrus>,
+    State(ctx): State<Ctx>,
     Path(topic): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let offset = wal.append(&topic, body?).await?;
+    let body = read_body(&headers, body, ctx.limits.entry).await?;
+    let offset = ctx.wal.append(&topic, body).await?;
     Ok(Json(json!({ "offset": offset })))
 }
 
@@ -314,38 +389,92 @@ impl Item {
 }
 
 async fn append_batch(
-    State(wal): State<Walrus>,
+    State(ctx): State<Ctx>,
     Path(topic): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body?;
+    let body = read_body(&headers, body, ctx.limits.batch).await?;
+    let max = ctx.limits.batch_entries;
+    let too_many = || ApiError::from(Error::BatchTooLarge { size: max + 1, max });
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let items: Vec<Item> = if ndjson {
-        body.split(|&b| b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-            .map(|(i, line)| {
-                serde_json::from_slice(line)
-                    .map_err(|e| ApiError::bad_body(format!("line {}: {e}", i + 1)))
-            })
-            .collect::<Result<_, _>>()?
+    // Items are decoded one at a time and counted, so a body of a million tiny items stops
+    // at the log's limit instead of growing in memory first.
+    let mut entries: Vec<Bytes> = Vec::new();
+    if ndjson {
+        for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if entries.len() == max {
+                return Err(too_many());
+            }
+            let item: Item = serde_json::from_slice(line)
+                .map_err(|e| ApiError::bad_body(format!("line {}: {e}", i + 1)))?;
+            entries.push(item.into_bytes()?);
+        }
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_body(format!(
-                "expected a JSON array of entries (or application/x-ndjson): {e}"
-            ))
-        })?
-    };
-    let entries = items
-        .into_iter()
-        .map(Item::into_bytes)
-        .collect::<Result<Vec<_>, _>>()?;
-    let range = wal.append_batch(&topic, entries).await?;
+        let mut de = serde_json::Deserializer::from_slice(&body);
+        let seed = Items {
+            max,
+            out: &mut entries,
+        };
+        match serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|r| {
+            de.end()?;
+            Ok(r)
+        }) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                return Err(ApiError::bad_body(format!(
+                    "expected a JSON array of entries (or application/x-ndjson): {e}"
+                )));
+            }
+        }
+    }
+    let range = ctx.wal.append_batch(&topic, entries).await?;
     Ok(Json(json!({"first": range.start, "end": range.end})))
+}
+
+/// Decodes a JSON array of items into entries, stopping at `max`.
+struct Items<'a> {
+    max: usize,
+    out: &'a mut Vec<Bytes>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Items<'_> {
+    type Value = Result<(), ApiError>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Items<'_> {
+    type Value = Result<(), ApiError>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of entries")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while let Some(item) = seq.next_element::<Item>()? {
+            if self.out.len() == self.max {
+                return Ok(Err(ApiError::from(Error::BatchTooLarge {
+                    size: self.max + 1,
+                    max: self.max,
+                })));
+            }
+            match item.into_bytes() {
+                Ok(b) => self.out.push(b),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok(()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -356,15 +485,15 @@ struct EntriesQuery {
 }
 
 async fn entries(
-    State(wal): State<Walrus>,
+    State(ctx): State<Ctx>,
     Path(topic): Path<String>,
     query: Result<Query<EntriesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
-    known(&wal, &topic)?;
-    let got = wal
-        .read_at(&topic, q.from, q.max_bytes.unwrap_or(1 << 20))
-        .await?;
+    let wal = &ctx.wal;
+    known(wal, &topic)?;
+    let max_bytes = q.max_bytes.unwrap_or(1 << 20).min(ctx.limits.read);
+    let got = wal.read_at(&topic, q.from, max_bytes).await?;
     let mut out = Vec::new();
     for e in got {
         let line = match std::str::from_utf8(&e.data) {
@@ -396,13 +525,18 @@ fn consumer_name(name: &str) -> &str {
 }
 
 async fn reset_consumer(
-    State(wal): State<Walrus>,
+    State(ctx): State<Ctx>,
     Path((topic, name)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    let wal = &ctx.wal;
+    let body = read_body(&headers, body, ctx.limits.small).await?;
     // JSON whatever the content type says: `curl -d '{"offset": 3}'` sends a form type.
     let body: ResetBody =
-        serde_json::from_slice(&body?).map_err(|e| ApiError::bad_body(e.to_string()))?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_body(e.to_string()))?;
+    // Not a typo's topic created with a consumer registered on it.
+    known(wal, &topic)?;
     let to = match (body.offset, body.to.as_deref()) {
         (Some(n), None) => ResetTo::Offset(n),
         (None, Some("earliest")) => ResetTo::Earliest,
@@ -421,6 +555,7 @@ async fn remove_consumer(
     State(wal): State<Walrus>,
     Path((topic, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    known(&wal, &topic)?;
     wal.remove_consumer(&topic, consumer_name(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -183,6 +183,12 @@ impl Walrus {
         &self.inner.shared
     }
 
+    /// The settings the log was opened with.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn config(&self) -> &crate::config::Config {
+        &self.shared().config
+    }
+
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.shared().closed.load(Ordering::Acquire) {
             Err(self.shared().stopped())
@@ -787,13 +793,14 @@ impl Walrus {
     /// ```
     pub fn topic_info(&self, topic: &str) -> Option<TopicInfo> {
         let t = self.topic(topic)?;
-        let next = t.visible();
+        // Past failed appends' offsets too (they are gaps, never published).
+        let next = t.next_offset();
         let oldest = t.oldest.load(Ordering::Acquire).min(next);
         Some(TopicInfo {
             name: t.name.to_string(),
             oldest_offset: oldest,
             next_offset: next,
-            entries: t.entries_between(oldest, next),
+            entries: t.entries_between(oldest, t.visible()),
             bytes: t.retained_bytes(),
         })
     }

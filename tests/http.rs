@@ -212,6 +212,7 @@ async fn every_error_has_its_status_and_a_json_body() {
     let dir = tempfile::tempdir().unwrap();
     let wal = common::small(dir.path())
         .max_entry_bytes(64)
+        .max_batch_entries(8)
         .segment_bytes(64 << 10)
         .retention_bytes(1)
         .open()
@@ -328,6 +329,13 @@ async fn a_token_guards_every_route_but_healthz() {
         .header("authorization", "Bearer s3cret");
     let (s, v) = call_with(&app, req, "x").await;
     assert_eq!((s, &v["offset"]), (StatusCode::OK, &Value::from(0)));
+    // The scheme is case-insensitive (RFC 7235).
+    let req = Request::builder()
+        .method("GET")
+        .uri("/topics")
+        .header("authorization", "bearer s3cret");
+    let (s, _) = call_with(&app, req, Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
     wal.close().await.unwrap();
 }
 
