@@ -17,6 +17,8 @@
 //! | `POST /topics/{topic}` | appends the body as one entry: `{"offset": n}` once the append resolved (durable under `SyncEach`) |
 //! | `POST /topics/{topic}/batch` | appends atomically the entries of an NDJSON body (`application/x-ndjson`, one item a line) or a JSON array: an item is a UTF-8 string, `{"data": "…"}` or `{"data_base64": "…"}`; `{"first": n, "end": m}` |
 //! | `GET /topics/{topic}/entries?from=N&max_bytes=M` | NDJSON, one entry a line: `offset`, `timestamp_ms`, `data` (UTF-8) or `data_base64`; at least one entry when any is there, about `max_bytes` of payload (default 1 MiB, at most [`Options::max_read_bytes`]) |
+//! | `GET /topics/{topic}/stream?consumer=NAME` | Server-Sent Events tailing the topic from the consumer's checkpoint (without `consumer`: the default consumer): event `entry`, id the offset, data as in `entries`; a reconnect with `Last-Event-ID: n` resumes at `n + 1`. A client that goes away releases the consumer at once |
+//! | `POST /topics/{topic}/consumers/{name}/ack` | body `{"offset": n}`: acknowledges through the consumer's live stream what it delivered up to `n` (409 `not_streaming` without one) |
 //! | `GET /topics` | `{"topics": [names]}` |
 //! | `GET /topics/{topic}` | offsets, entries, bytes, and each registered consumer with its lag |
 //! | `POST /topics/{topic}/consumers/{name}/reset` | body `{"offset": n}`, `{"to": "earliest"}` or `{"to": "latest"}`: `{"offset": n}` where it now resumes (`_` names the default consumer, so a consumer named `_` is out of reach here) |
@@ -123,6 +125,7 @@ pub fn router_with(wal: Walrus, options: Options) -> Router {
     let state = Ctx {
         wal,
         limits: Arc::new(limits),
+        streams: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
     };
     let guarded = Router::new()
         .route("/readyz", get(readyz))
@@ -130,6 +133,8 @@ pub fn router_with(wal: Walrus, options: Options) -> Router {
         .route("/topics/{topic}", post(append).get(topic_info))
         .route("/topics/{topic}/batch", post(append_batch))
         .route("/topics/{topic}/entries", get(entries))
+        .route("/topics/{topic}/stream", get(stream))
+        .route("/topics/{topic}/consumers/{name}/ack", post(ack))
         .route(
             "/topics/{topic}/consumers/{name}/reset",
             post(reset_consumer),
@@ -169,7 +174,12 @@ struct Limits {
 struct Ctx {
     wal: Walrus,
     limits: Arc<Limits>,
+    /// The live SSE stream of each (topic, consumer): where its acknowledgements go.
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), AckTx>>>,
 }
+
+/// An acknowledgement for a live stream, and where its result goes.
+type AckTx = tokio::sync::mpsc::Sender<(u64, tokio::sync::oneshot::Sender<crate::Result<()>>)>;
 
 impl axum::extract::FromRef<Ctx> for Walrus {
     fn from_ref(c: &Ctx) -> Walrus {
@@ -496,20 +506,145 @@ async fn entries(
     let got = wal.read_at(&topic, q.from, max_bytes).await?;
     let mut out = Vec::new();
     for e in got {
-        let line = match std::str::from_utf8(&e.data) {
-            Ok(s) => json!({"offset": e.offset, "timestamp_ms": e.timestamp, "data": s}),
-            Err(_) => json!({
-                "offset": e.offset,
-                "timestamp_ms": e.timestamp,
-                "data_base64": base64::engine::general_purpose::STANDARD.encode(&e.data),
-            }),
-        };
-        serde_json::to_writer(&mut out, &line).map_err(|e| {
+        serde_json::to_writer(&mut out, &entry_json(&e)).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })?;
         out.push(b'\n');
     }
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    consumer: Option<String>,
+}
+
+/// An entry as the API shows it.
+fn entry_json(e: &crate::Entry) -> Value {
+    match std::str::from_utf8(&e.data) {
+        Ok(s) => json!({"offset": e.offset, "timestamp_ms": e.timestamp, "data": s}),
+        Err(_) => json!({
+            "offset": e.offset,
+            "timestamp_ms": e.timestamp,
+            "data_base64": base64::engine::general_purpose::STANDARD.encode(&e.data),
+        }),
+    }
+}
+
+async fn stream(
+    State(ctx): State<Ctx>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt as _;
+    let Query(q) = query?;
+    let consumer = q.consumer.unwrap_or_default();
+    let mut s = if consumer.is_empty() {
+        ctx.wal.subscribe(&topic)?
+    } else {
+        ctx.wal.subscribe_as(&topic, &consumer)?
+    };
+    if let Some(last) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        s.seek(last.saturating_add(1))?;
+    }
+    // A task owns the stream: it forwards entries to the response and serves
+    // acknowledgements, and ends (releasing the consumer) as soon as the client goes away.
+    let (tx, rx) = tokio::sync::mpsc::channel::<crate::Result<crate::Entry>>(64);
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel(16);
+    let key = (topic, consumer);
+    ctx.streams
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone(), ack_tx.clone());
+    let streams = ctx.streams.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = tx.closed() => break,
+                Some((offset, reply)) = ack_rx.recv() => {
+                    let _ = reply.send(s.ack(offset).await);
+                }
+                item = s.next() => {
+                    let Some(item) = item else { break };
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(s);
+        let mut map = streams.lock().unwrap_or_else(|p| p.into_inner());
+        // A later stream of the same consumer may have replaced this one's entry.
+        if map.get(&key).is_some_and(|t| t.same_channel(&ack_tx)) {
+            map.remove(&key);
+        }
+    });
+    let events = tokio_stream_from(rx).map(|item| {
+        item.map(|e| {
+            Event::default()
+                .event("entry")
+                .id(e.offset.to_string())
+                .data(entry_json(&e).to_string())
+        })
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// A receiver as a `Stream`.
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static
+where
+    T: Send + 'static,
+{
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[derive(Deserialize)]
+struct AckBody {
+    offset: u64,
+}
+
+async fn ack(
+    State(ctx): State<Ctx>,
+    Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let body = read_body(&headers, body, ctx.limits.small).await?;
+    let AckBody { offset } =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_body(e.to_string()))?;
+    let key = (topic, consumer_name(&name).to_owned());
+    let tx = ctx
+        .streams
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .cloned();
+    let not_streaming = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_streaming",
+            "no live stream of this consumer: acknowledge what a stream delivered while it is open",
+        )
+    };
+    let tx = tx.ok_or_else(not_streaming)?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    tx.send((offset, reply))
+        .await
+        .map_err(|_| not_streaming())?;
+    rx.await.map_err(|_| not_streaming())??;
+    Ok(Json(json!({ "acked": offset })))
 }
 
 /// The body of a reset: `{"offset": n}` or `{"to": "earliest" | "latest"}`.

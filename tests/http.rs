@@ -373,3 +373,163 @@ async fn a_real_client_over_tcp() {
     server.abort();
     wal.close().await.unwrap();
 }
+
+/// Reads SSE events from `body` until `n` more entry events arrived: (id, data) of each.
+/// Keep-alive comments do not count; 30 s in all.
+async fn events(body: &mut Body, n: usize) -> Vec<(u64, Value)> {
+    tokio::time::timeout(std::time::Duration::from_secs(30), events_inner(body, n))
+        .await
+        .expect("the events within 30 s")
+}
+
+async fn events_inner(body: &mut Body, n: usize) -> Vec<(u64, Value)> {
+    let mut text = String::new();
+    loop {
+        let got: Vec<(u64, Value)> = text
+            .split("\n\n")
+            .filter(|e| e.contains("event: entry"))
+            .filter(|e| e.ends_with('}') || e.contains("\ndata: "))
+            .filter_map(|e| {
+                let id = e
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id: "))?
+                    .parse()
+                    .ok()?;
+                let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
+                Some((id, serde_json::from_str(data).ok()?))
+            })
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(30), body.frame())
+            .await
+            .expect("an event within 30 s")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+async fn open_stream(app: &Router, uri: &str, last_id: Option<u64>) -> Body {
+    let mut req = Request::builder().method("GET").uri(uri);
+    if let Some(id) = last_id {
+        req = req.header("last-event-id", id.to_string());
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    res.into_body()
+}
+
+#[tokio::test]
+async fn sse_streams_acks_resume_and_release_on_disconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    wal.append_batch("t", ["a", "b"]).await.unwrap();
+    let app = router(wal.clone());
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/topics/t/consumers/c/ack",
+        r#"{"offset": 0}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::CONFLICT, &Value::from("not_streaming"))
+    );
+
+    let mut body = open_stream(&app, "/topics/t/stream?consumer=c", None).await;
+    let got = events(&mut body, 2).await;
+    assert_eq!(got[0].0, 0);
+    assert_eq!(got[1].1["data"], "b");
+    // Entries appended while the client listens arrive too.
+    wal.append("t", vec![0xffu8]).await.unwrap();
+    let got = events(&mut body, 1).await;
+    assert_eq!(
+        (got[0].0, &got[0].1["data_base64"]),
+        (2, &Value::from("/w=="))
+    );
+    // Acknowledged through the live stream: the consumer's checkpoint moves.
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/topics/t/consumers/c/ack",
+        r#"{"offset": 1}"#,
+    )
+    .await;
+    assert_eq!((s, &v["acked"]), (StatusCode::OK, &Value::from(1)));
+    assert_eq!(wal.consumer_lag("t", "c"), Some(1));
+    // An offset it never delivered is refused.
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/topics/t/consumers/c/ack",
+        r#"{"offset": 9}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::BAD_REQUEST, &Value::from("invalid_ack"))
+    );
+    // A second stream of the same consumer while this one lives: busy.
+    let (s, v) = call(&app, "GET", "/topics/t/stream?consumer=c", Body::empty()).await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::CONFLICT, &Value::from("consumer_busy"))
+    );
+
+    // The client goes away: the consumer is released at once (no timeout to wait out).
+    drop(body);
+    let released = async {
+        loop {
+            match wal
+                .reset_consumer("t", "c", walrus_async::ResetTo::Offset(2))
+                .await
+            {
+                Ok(_) => break,
+                Err(walrus_async::Error::ConsumerBusy { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), released)
+        .await
+        .expect("released");
+
+    // Reconnecting resumes at the checkpoint, or after Last-Event-ID.
+    let mut body = open_stream(&app, "/topics/t/stream?consumer=c", None).await;
+    assert_eq!(events(&mut body, 1).await[0].0, 2);
+    drop(body);
+    let resumed = async {
+        loop {
+            let req = Request::builder()
+                .method("GET")
+                .uri("/topics/t/stream?consumer=c")
+                .header("last-event-id", "0");
+            let res = app
+                .clone()
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            if res.status() == StatusCode::OK {
+                return res.into_body();
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let mut body = tokio::time::timeout(std::time::Duration::from_secs(10), resumed)
+        .await
+        .expect("released again");
+    let got = events(&mut body, 2).await;
+    assert_eq!((got[0].0, got[1].0), (1, 2), "after the last event id");
+    drop(body);
+    wal.close().await.unwrap();
+}
