@@ -32,8 +32,6 @@ mod noop {
     #[inline(always)]
     pub(crate) fn synced(_elapsed: Duration, _ok: bool) {}
     #[inline(always)]
-    pub(crate) fn append_done(_elapsed: Duration) {}
-    #[inline(always)]
     pub(crate) fn deleted_segment(_bytes: u64) {}
     #[inline(always)]
     pub(crate) fn opened(_damage: u64) {}
