@@ -19,11 +19,12 @@
 //! | `GET /topics/{topic}/entries?from=N&max_bytes=M` | NDJSON, one entry a line: `offset`, `timestamp_ms`, `data` (UTF-8) or `data_base64`; at least one entry when any is there, about `max_bytes` of payload (default 1 MiB, at most [`Options::max_read_bytes`]) |
 //! | `GET /topics/{topic}/stream?consumer=NAME` | Server-Sent Events tailing the topic from the consumer's checkpoint (without `consumer`: the default consumer): event `entry`, id the offset, data as in `entries`; a reconnect with `Last-Event-ID: n` resumes at `n + 1`. A client that goes away releases the consumer at once |
 //! | `POST /topics/{topic}/consumers/{name}/ack` | body `{"offset": n}`: acknowledges through the consumer's live stream what it delivered up to `n` (409 `not_streaming` without one) |
-//! | `GET /topics` | `{"topics": [names]}` |
+//! | `GET /topics?after=&limit=` | `{"topics": [names]}` in name order, a page at a time (1000 by default, at most 10000), with `"next_after"` to pass as `after` when more follow |
 //! | `GET /topics/{topic}` | offsets, entries, bytes, and each registered consumer with its lag |
 //! | `POST /topics/{topic}/consumers/{name}/reset` | body `{"offset": n}`, `{"to": "earliest"}` or `{"to": "latest"}`: `{"offset": n}` where it now resumes (`_` names the default consumer, so a consumer named `_` is out of reach here) |
 //! | `DELETE /topics/{topic}/consumers/{name}` | forgets a named consumer (204) |
 //! | `GET /healthz`, `GET /readyz` | 200 while the process runs; 200 while the log is open, 503 once closed |
+//! | `GET /metrics` | Prometheus text, with the `metrics` feature and a render given to [`Options::metrics`] |
 //!
 //! Errors are JSON, `{"error": kind, "message": …}`: 400 an invalid topic or consumer name or a
 //! bad body, 401 a missing or wrong token, 404 an unknown topic, 409 a consumer busy with a
@@ -47,10 +48,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::service::{AckError, Drain, Streams};
 use crate::{Error, ResetTo, Walrus};
 
 /// Settings of [`router_with`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Options {
     /// A bearer token every route but `/healthz` requires (`Authorization: Bearer …`).
@@ -62,6 +64,20 @@ pub struct Options {
     /// The most payload one `GET …/entries` returns (default 16 MiB), whatever `max_bytes`
     /// asks.
     pub max_read_bytes: usize,
+    drain: Option<Drain>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_read_bytes", &self.max_read_bytes)
+            .field("shutdown", &self.drain.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Options {
@@ -70,6 +86,9 @@ impl Default for Options {
             token: None,
             max_body_bytes: None,
             max_read_bytes: 16 << 20,
+            drain: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 }
@@ -90,6 +109,59 @@ impl Options {
     /// Sets [`max_read_bytes`](Self::max_read_bytes).
     pub fn max_read_bytes(mut self, n: usize) -> Options {
         self.max_read_bytes = n;
+        self
+    }
+
+    /// Ends every open event stream when `signal` resolves, so that a server's graceful
+    /// shutdown (`axum::serve(..).with_graceful_shutdown(..)`, which waits for responses to
+    /// finish) is not held open by clients tailing topics. Give both the same signal.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> walrus_async::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let wal = walrus_async::Walrus::open(dir.path()).await?;
+    /// let (stop, stopped) = tokio::sync::watch::channel(false);
+    /// let signal = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+    ///     let _ = rx.wait_for(|s| *s).await;
+    /// };
+    /// let app = walrus_async::http::router_with(
+    ///     wal.clone(),
+    ///     walrus_async::http::Options::default().shutdown(signal(stopped.clone())),
+    /// );
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let server = tokio::spawn(
+    ///     axum::serve(listener, app).with_graceful_shutdown(signal(stopped)).into_future(),
+    /// );
+    /// stop.send_replace(true); // e.g. on SIGTERM
+    /// server.await.unwrap()?;
+    /// wal.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Options {
+        self.drain = Some(crate::service::drain(signal));
+        self
+    }
+
+    /// Serves `GET /metrics` with what `render` returns, as Prometheus text (after refreshing
+    /// the log's gauges with [`Walrus::record_metrics`]). The crate installs no recorder:
+    /// pass your exporter's render, e.g. `metrics-exporter-prometheus`'s
+    /// `PrometheusHandle::render`. Without it the route is not there (404).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> walrus_async::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let wal = walrus_async::Walrus::open(dir.path()).await?;
+    /// let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+    ///     .install_recorder()
+    ///     .expect("no other recorder installed");
+    /// let options = walrus_async::http::Options::default().metrics(move || handle.render());
+    /// let app = walrus_async::http::router_with(wal.clone(), options);
+    /// # drop(app);
+    /// # wal.close().await }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, render: impl Fn() -> String + Send + Sync + 'static) -> Options {
+        self.metrics = Some(Arc::new(render));
         self
     }
 }
@@ -125,9 +197,27 @@ pub fn router_with(wal: Walrus, options: Options) -> Router {
     let state = Ctx {
         wal,
         limits: Arc::new(limits),
-        streams: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
+        streams: Streams::new(options.drain.clone()),
     };
-    let guarded = Router::new()
+    let guarded = Router::new();
+    #[cfg(feature = "metrics")]
+    let guarded = match options.metrics.clone() {
+        None => guarded,
+        Some(render) => guarded.route(
+            "/metrics",
+            get(move |State(wal): State<Walrus>| {
+                let render = render.clone();
+                async move {
+                    wal.record_metrics();
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        render(),
+                    )
+                }
+            }),
+        ),
+    };
+    let guarded = guarded
         .route("/readyz", get(readyz))
         .route("/topics", get(topics))
         .route("/topics/{topic}", post(append).get(topic_info))
@@ -174,12 +264,9 @@ struct Limits {
 struct Ctx {
     wal: Walrus,
     limits: Arc<Limits>,
-    /// The live SSE stream of each (topic, consumer): where its acknowledgements go.
-    streams: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), AckTx>>>,
+    /// The live SSE streams: where their acknowledgements go.
+    streams: Streams,
 }
-
-/// An acknowledgement for a live stream, and where its result goes.
-type AckTx = tokio::sync::mpsc::Sender<(u64, tokio::sync::oneshot::Sender<crate::Result<()>>)>;
 
 impl axum::extract::FromRef<Ctx> for Walrus {
     fn from_ref(c: &Ctx) -> Walrus {
@@ -289,11 +376,8 @@ async fn authorize(
     if let Some(token) = &token {
         let given = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            .and_then(|v| v.to_str().ok());
+        if !crate::service::bearer_matches(given, token) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -303,12 +387,6 @@ async fn authorize(
         }
     }
     next.run(request).await
-}
-
-/// Compares without stopping at the first difference, so the time taken does not tell how
-/// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn readyz(State(wal): State<Walrus>) -> Response {
@@ -324,11 +402,26 @@ async fn readyz(State(wal): State<Walrus>) -> Response {
     }
 }
 
-async fn topics(State(wal): State<Walrus>) -> Result<Json<Value>, ApiError> {
+#[derive(Deserialize)]
+struct TopicsQuery {
+    #[serde(default)]
+    after: String,
+    #[serde(default)]
+    limit: usize,
+}
+
+async fn topics(
+    State(wal): State<Walrus>,
+    query: Result<Query<TopicsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
     wal.check_open()?;
-    let mut names = wal.topics();
-    names.sort();
-    Ok(Json(json!({ "topics": names })))
+    let (names, next) = crate::service::page(wal.topics(), &q.after, q.limit);
+    let mut body = json!({ "topics": names });
+    if let Some(next) = next {
+        body["next_after"] = json!(next);
+    }
+    Ok(Json(body))
 }
 
 async fn topic_info(
@@ -553,41 +646,9 @@ async fn stream(
     {
         s.seek(last.saturating_add(1))?;
     }
-    // A task owns the stream: it forwards entries to the response and serves
-    // acknowledgements, and ends (releasing the consumer) as soon as the client goes away.
-    let (tx, rx) = tokio::sync::mpsc::channel::<crate::Result<crate::Entry>>(64);
-    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel(16);
-    let key = (topic, consumer);
-    ctx.streams
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key.clone(), ack_tx.clone());
-    let streams = ctx.streams.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                biased;
-                _ = tx.closed() => break,
-                Some((offset, reply)) = ack_rx.recv() => {
-                    let _ = reply.send(s.ack(offset).await);
-                }
-                item = s.next() => {
-                    let Some(item) = item else { break };
-                    let failed = item.is_err();
-                    if tx.send(item).await.is_err() || failed {
-                        break;
-                    }
-                }
-            }
-        }
-        drop(s);
-        let mut map = streams.lock().unwrap_or_else(|p| p.into_inner());
-        // A later stream of the same consumer may have replaced this one's entry.
-        if map.get(&key).is_some_and(|t| t.same_channel(&ack_tx)) {
-            map.remove(&key);
-        }
-    });
-    let events = tokio_stream_from(rx).map(|item| {
+    // A task owns the stream and ends it (releasing the consumer) as soon as the client
+    // goes away.
+    let events = ctx.streams.serve(s).map(|item| {
         item.map(|e| {
             Event::default()
                 .event("entry")
@@ -598,16 +659,6 @@ async fn stream(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
-}
-
-/// A receiver as a `Stream`.
-fn tokio_stream_from<T>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static
-where
-    T: Send + 'static,
-{
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 #[derive(Deserialize)]
@@ -624,27 +675,15 @@ async fn ack(
     let body = read_body(&headers, body, ctx.limits.small).await?;
     let AckBody { offset } =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_body(e.to_string()))?;
-    let key = (topic, consumer_name(&name).to_owned());
-    let tx = ctx
-        .streams
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
-        .cloned();
-    let not_streaming = || {
-        ApiError::new(
+    match ctx.streams.ack(&topic, consumer_name(&name), offset).await {
+        Ok(()) => Ok(Json(json!({ "acked": offset }))),
+        Err(AckError::Wal(e)) => Err(e.into()),
+        Err(AckError::NotStreaming) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_streaming",
             "no live stream of this consumer: acknowledge what a stream delivered while it is open",
-        )
-    };
-    let tx = tx.ok_or_else(not_streaming)?;
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    tx.send((offset, reply))
-        .await
-        .map_err(|_| not_streaming())?;
-    rx.await.map_err(|_| not_streaming())??;
-    Ok(Json(json!({ "acked": offset })))
+        )),
+    }
 }
 
 /// The body of a reset: `{"offset": n}` or `{"to": "earliest" | "latest"}`.

@@ -77,6 +77,8 @@ mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod inspect;
@@ -84,6 +86,8 @@ mod io;
 mod lifecycle;
 mod reader;
 mod retention;
+#[cfg(any(feature = "http", feature = "grpc"))]
+mod service;
 mod storage;
 mod stream;
 mod telemetry;

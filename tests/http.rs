@@ -533,3 +533,107 @@ async fn sse_streams_acks_resume_and_release_on_disconnect() {
     drop(body);
     wal.close().await.unwrap();
 }
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn metrics_route_serves_the_exporters_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    let (s, _) = call(&router(wal.clone()), "GET", "/metrics", Body::empty()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no route without a render");
+
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let app = router_with(
+        wal.clone(),
+        Options::default()
+            .token("t")
+            .metrics(move || handle.render()),
+    );
+    wal.append("m", "x").await.unwrap();
+    let (s, _) = call(&app, "GET", "/metrics", Body::empty()).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "behind the token like the rest"
+    );
+    let req = Request::builder()
+        .uri("/metrics")
+        .header("authorization", "Bearer t");
+    let (s, v) = call_with(&app, req, Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = v.as_str().unwrap();
+    assert!(text.contains("walrus_appends_total"), "{text}");
+    // The gauges are refreshed on each scrape, not only by the once-a-second sampler.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("walrus_topics{") && l.ends_with(" 1")),
+        "{text}"
+    );
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_shutdown_signal_ends_open_event_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    wal.append("t", "a").await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let app = router_with(
+        wal.clone(),
+        Options::default().shutdown(async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        }),
+    );
+    let mut body = open_stream(&app, "/topics/t/stream?consumer=c", None).await;
+    assert_eq!(events(&mut body, 1).await[0].0, 0);
+    stop.send_replace(true);
+    let end = async {
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), end)
+        .await
+        .expect("the stream ends on the signal");
+    // And the consumer is free again (its task dropped the stream).
+    let released = async {
+        loop {
+            match wal
+                .reset_consumer("t", "c", walrus_async::ResetTo::Earliest)
+                .await
+            {
+                Ok(_) => break,
+                Err(walrus_async::Error::ConsumerBusy { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), released)
+        .await
+        .expect("released");
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn topics_come_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    for t in ["c", "a", "b"] {
+        wal.append(t, "x").await.unwrap();
+    }
+    let app = router(wal.clone());
+    let (s, v) = call(&app, "GET", "/topics?limit=2", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v,
+        serde_json::json!({"topics": ["a", "b"], "next_after": "b"})
+    );
+    let (_, v) = call(&app, "GET", "/topics?after=b&limit=2", Body::empty()).await;
+    assert_eq!(v, serde_json::json!({"topics": ["c"]}));
+    let (s, _) = call(&app, "GET", "/topics?limit=x", Body::empty()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    wal.close().await.unwrap();
+}

@@ -132,7 +132,9 @@ async fn a_grpc_server_streaming_method_tails_a_topic() {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(LogService { wal: wal.clone() })
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
     );
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

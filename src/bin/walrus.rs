@@ -9,6 +9,9 @@
 //! directory. Every command takes `--json` (one JSON document; NDJSON for entries), whose
 //! schema is versioned by `schema_version` (see the README's "Operations" section).
 
+#[path = "walrus/serve.rs"]
+mod serve;
+
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -119,6 +122,25 @@ enum Command {
     },
     /// Consumers and their lag; `consumers reset` moves one.
     Consumers(ConsumersArgs),
+    /// Serve the log over HTTP and gRPC until SIGTERM or Ctrl-C, then drain and close it.
+    /// Logs go to stderr (`RUST_LOG` filters them).
+    Serve {
+        #[command(flatten)]
+        target: Target,
+        /// Serve the HTTP API here, e.g. `127.0.0.1:8080` (port 0: any free port, logged).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+        /// Serve the gRPC API here, e.g. `127.0.0.1:50051`.
+        #[arg(long, value_name = "ADDR")]
+        grpc: Option<std::net::SocketAddr>,
+        /// Require the bearer token this file holds on every request but health checks.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Sync every this many milliseconds instead of before each acknowledgement (0: each
+        /// append is durable before it is acknowledged).
+        #[arg(long, default_value_t = 0)]
+        fsync_ms: u64,
+    },
     /// Run a standard workload in a temporary directory and print what this disk does.
     Bench {
         /// A short run (about 2 seconds instead of 10).
@@ -286,6 +308,19 @@ fn main() -> ExitCode {
                 )),
             },
         },
+        Command::Serve {
+            target,
+            http,
+            grpc,
+            token_file,
+            fsync_ms,
+        } => serve::run(serve::Serve {
+            target,
+            http,
+            grpc,
+            token_file,
+            fsync_ms,
+        }),
         Command::Bench { quick, dir, json } => cmd_bench(quick, dir.as_deref(), json),
     };
     match res {
