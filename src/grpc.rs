@@ -49,9 +49,14 @@
 //! metadata), `UNAVAILABLE` (the log closed), `UNAUTHENTICATED` (a missing or wrong token),
 //! `INTERNAL` (I/O failures).
 //!
-//! A reply of `Read` can be as large as `max_bytes` plus one entry; a client reading entries
-//! larger than tonic's default 4 MiB message limit raises it with
-//! `WalClient::max_decoding_message_size`.
+//! A reply of `Read` can be as large as `max_bytes` plus one entry, and a `Subscribe` message
+//! as large as one entry (up to the log's `max_entry_bytes`, 16 MiB by default): a client of a
+//! log with entries larger than tonic's default 4 MiB message limit raises it with
+//! `WalClient::max_decoding_message_size`, or it fails at such an entry every time.
+//!
+//! A `Subscribe` call ends with the first failure: `OUT_OF_RANGE` when its consumer's next
+//! entries were deleted by retention (subscribe again with `from` set to the oldest offset,
+//! given in `walrus-oldest`), `UNAVAILABLE` when the log closes or the server shuts down.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -62,7 +67,7 @@ use futures::stream::BoxStream;
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::{Code, Request, Response, Status};
 
-use crate::service::{AckError, Drain, Streams};
+use crate::service::{AckError, Drain, Served, Streams};
 use crate::{Error, ResetTo, Walrus};
 
 /// The messages, service and client generated from `proto/walrus.proto`.
@@ -154,18 +159,21 @@ pub fn service_with(wal: Walrus, options: Options) -> WalGrpc {
         .saturating_add(4096);
     let inner = WalService {
         streams: Streams::new(options.drain),
-        token: options.token.map(Arc::from),
         max_read_bytes: options.max_read_bytes,
         wal,
     };
     WalGrpc {
         inner: pb::wal_server::WalServer::new(inner).max_decoding_message_size(max_message),
+        token: options.token.map(Arc::from),
     }
 }
 
 /// The standard gRPC health service (`grpc.health.v1.Health`), reporting `walrus.v1.Wal` and
-/// the server as a whole (`""`) serving. Keep the reporter to report them not serving when
-/// shutting down. The health service needs no token.
+/// the server as a whole (`""`) serving. The health service needs no token.
+///
+/// Keep the reporter for the shutdown: `set_not_serving`, then `clear_service_status` of both
+/// names, which ends open `Watch` calls (load balancers keep one open; a graceful shutdown
+/// waits for them otherwise).
 pub async fn health() -> (
     tonic_health::server::HealthReporter,
     tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
@@ -185,12 +193,14 @@ pub async fn health() -> (
 
 /// The `walrus.v1.Wal` service, ready for `tonic::transport::Server::add_service`.
 ///
-/// It is the generated `WalServer` over [`WalService`], with one change: a message larger than
-/// the service takes is answered `RESOURCE_EXHAUSTED`, as gRPC specifies, where tonic says
-/// `OUT_OF_RANGE` (which this service keeps for entries deleted by retention).
+/// It is the generated `WalServer` over [`WalService`], with two changes: the token is checked
+/// on the call's headers before its message is read, and a message larger than the service
+/// takes is answered `RESOURCE_EXHAUSTED`, as gRPC specifies, where tonic says `OUT_OF_RANGE`
+/// (which this service keeps for entries deleted by retention).
 #[derive(Clone)]
 pub struct WalGrpc {
     inner: pb::wal_server::WalServer<WalService>,
+    token: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for WalGrpc {
@@ -217,6 +227,18 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // The token is checked on the headers, before the message is read and decoded: a
+        // client without it cannot make the server buffer a large message.
+        if let Some(token) = &self.token {
+            let given = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !crate::service::bearer_matches(given, token) {
+                let denied = Status::unauthenticated("a valid bearer token is required");
+                return Box::pin(std::future::ready(Ok(denied.into_http())));
+            }
+        }
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut res = fut.await?;
@@ -244,28 +266,10 @@ fn too_large_is_resource_exhausted<B>(res: &mut http::Response<B>) {
 pub struct WalService {
     wal: Walrus,
     streams: Streams,
-    token: Option<Arc<str>>,
     max_read_bytes: usize,
 }
 
 impl WalService {
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        match &self.token {
-            None => Ok(()),
-            Some(token) => {
-                let given = req
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok());
-                if crate::service::bearer_matches(given, token) {
-                    Ok(())
-                } else {
-                    Err(Status::unauthenticated("a valid bearer token is required"))
-                }
-            }
-        }
-    }
-
     /// The topic exists: else `NOT_FOUND` (and `INVALID_ARGUMENT` for a name no topic can
     /// have, `UNAVAILABLE` once closed).
     fn known(&self, topic: &str) -> Result<crate::TopicInfo, Status> {
@@ -275,6 +279,10 @@ impl WalService {
             .topic_info(topic)
             .ok_or_else(|| Status::not_found(format!("no topic {topic:?}")))
     }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down")
 }
 
 /// The status of a log error.
@@ -313,7 +321,6 @@ impl pb::wal_server::Wal for WalService {
         &self,
         req: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendReply>, Status> {
-        self.authorize(&req)?;
         let pb::AppendRequest { topic, data } = req.into_inner();
         let offset = self.wal.append(&topic, data).await.map_err(status)?;
         Ok(Response::new(pb::AppendReply { offset }))
@@ -323,7 +330,6 @@ impl pb::wal_server::Wal for WalService {
         &self,
         req: Request<pb::AppendBatchRequest>,
     ) -> Result<Response<pb::AppendBatchReply>, Status> {
-        self.authorize(&req)?;
         let pb::AppendBatchRequest { topic, entries } = req.into_inner();
         let range = self
             .wal
@@ -337,7 +343,6 @@ impl pb::wal_server::Wal for WalService {
     }
 
     async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
-        self.authorize(&req)?;
         let pb::ReadRequest {
             topic,
             from,
@@ -366,12 +371,19 @@ impl pb::wal_server::Wal for WalService {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.authorize(&req)?;
         let pb::SubscribeRequest {
             topic,
             consumer,
             from,
         } = req.into_inner();
+        if self.streams.draining() {
+            return Err(shutting_down());
+        }
+        if !consumer.is_empty() {
+            crate::topic::validate_consumer(&consumer).map_err(status)?;
+        }
+        // A topic without entries yet is tailed from its first (consumers may start before
+        // producers), as `Walrus::subscribe` does.
         let mut s = if consumer.is_empty() {
             self.wal.subscribe(&topic)
         } else {
@@ -381,20 +393,28 @@ impl pb::wal_server::Wal for WalService {
         if let Some(from) = from {
             s.seek(from).map_err(status)?;
         }
-        let entries = self
-            .streams
-            .serve(s)
-            .map(|item| item.map(entry).map_err(status));
+        // The call ends with the first failure: `OUT_OF_RANGE` for entries deleted by
+        // retention (subscribe again with `from` at the oldest offset), `UNAVAILABLE` when
+        // the log closes or the server shuts down.
+        let entries = self.streams.serve(s).map(|item| match item {
+            Served::Entry(e) => Ok(entry(e)),
+            Served::Failed(e) => Err(status(e)),
+            Served::ShuttingDown => Err(shutting_down()),
+        });
         Ok(Response::new(entries.boxed()))
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckReply>, Status> {
-        self.authorize(&req)?;
         let pb::AckRequest {
             topic,
             consumer,
             offset,
         } = req.into_inner();
+        self.wal.check_open().map_err(status)?;
+        crate::topic::validate_topic(&topic).map_err(status)?;
+        if !consumer.is_empty() {
+            crate::topic::validate_consumer(&consumer).map_err(status)?;
+        }
         match self.streams.ack(&topic, &consumer, offset).await {
             Ok(()) => Ok(Response::new(pb::AckReply {})),
             Err(AckError::Wal(e)) => Err(status(e)),
@@ -409,7 +429,6 @@ impl pb::wal_server::Wal for WalService {
         req: Request<pb::ResetConsumerRequest>,
     ) -> Result<Response<pb::ResetConsumerReply>, Status> {
         use pb::reset_consumer_request::To;
-        self.authorize(&req)?;
         let pb::ResetConsumerRequest {
             topic,
             consumer,
@@ -438,7 +457,6 @@ impl pb::wal_server::Wal for WalService {
         &self,
         req: Request<pb::RemoveConsumerRequest>,
     ) -> Result<Response<pb::RemoveConsumerReply>, Status> {
-        self.authorize(&req)?;
         let pb::RemoveConsumerRequest { topic, consumer } = req.into_inner();
         self.known(&topic)?;
         self.wal
@@ -452,7 +470,6 @@ impl pb::wal_server::Wal for WalService {
         &self,
         req: Request<pb::TopicsRequest>,
     ) -> Result<Response<pb::TopicsReply>, Status> {
-        self.authorize(&req)?;
         let pb::TopicsRequest { after, limit } = req.into_inner();
         self.wal.check_open().map_err(status)?;
         let (names, next_after) = crate::service::page(self.wal.topics(), &after, limit as usize);

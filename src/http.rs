@@ -199,11 +199,11 @@ pub fn router_with(wal: Walrus, options: Options) -> Router {
         limits: Arc::new(limits),
         streams: Streams::new(options.drain.clone()),
     };
-    let guarded = Router::new();
+    let routes = Router::new();
     #[cfg(feature = "metrics")]
-    let guarded = match options.metrics.clone() {
-        None => guarded,
-        Some(render) => guarded.route(
+    let routes = match options.metrics.clone() {
+        None => routes,
+        Some(render) => routes.route(
             "/metrics",
             get(move |State(wal): State<Walrus>| {
                 let render = render.clone();
@@ -217,7 +217,7 @@ pub fn router_with(wal: Walrus, options: Options) -> Router {
             }),
         ),
     };
-    let guarded = guarded
+    routes
         .route("/readyz", get(readyz))
         .route("/topics", get(topics))
         .route("/topics/{topic}", post(append).get(topic_info))
@@ -233,12 +233,7 @@ pub fn router_with(wal: Walrus, options: Options) -> Router {
             "/topics/{topic}/consumers/{name}",
             axum::routing::delete(remove_consumer),
         )
-        // Bodies are read by `read_body`, with each route's own limit.
-        .layer(DefaultBodyLimit::disable())
-        .route_layer(middleware::from_fn_with_state(token, authorize));
-    Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .merge(guarded)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -247,6 +242,11 @@ pub fn router_with(wal: Walrus, options: Options) -> Router {
                 "the route does not take this method",
             )
         })
+        // Bodies are read by `read_body`, with each route's own limit.
+        .layer(DefaultBodyLimit::disable())
+        // Over the fallbacks too: without the token, 404 and 405 do not tell which routes
+        // exist.
+        .layer(middleware::from_fn_with_state(token, authorize))
         .with_state(state)
 }
 
@@ -300,6 +300,31 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             ApiError::bad_body(format!("reading the body: {e}"))
         }
     })
+}
+
+/// Path parameters, with a JSON 400 when they cannot be decoded (`/topics/%FF`).
+struct PathParams<T>(T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for PathParams<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(PathParams(t)),
+            Err(r) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                r.body_text(),
+            )),
+        }
+    }
 }
 
 /// An error as the API reports it.
@@ -373,7 +398,10 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &token {
+    // The liveness probe needs no token (the path as nested: `/log/healthz` arrives here as
+    // `/healthz`).
+    let open = request.uri().path() == "/healthz" && request.method() == axum::http::Method::GET;
+    if let Some(token) = token.as_ref().filter(|_| !open) {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
@@ -389,8 +417,10 @@ async fn authorize(
     next.run(request).await
 }
 
-async fn readyz(State(wal): State<Walrus>) -> Response {
-    if wal.check_open().is_err() {
+async fn readyz(State(ctx): State<Ctx>) -> Response {
+    if ctx.streams.draining() {
+        shutting_down().into_response()
+    } else if ctx.wal.check_open().is_err() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "closed",
@@ -426,7 +456,7 @@ async fn topics(
 
 async fn topic_info(
     State(wal): State<Walrus>,
-    Path(topic): Path<String>,
+    PathParams(topic): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
     let info = known(&wal, &topic)?;
     let consumers: Vec<Value> = wal
@@ -461,7 +491,7 @@ fn known(wal: &Walrus, topic: &str) -> Result<crate::TopicInfo, ApiError> {
 
 async fn append(
     State(ctx): State<Ctx>,
-    Path(topic): Path<String>,
+    PathParams(topic): PathParams<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -493,7 +523,7 @@ impl Item {
 
 async fn append_batch(
     State(ctx): State<Ctx>,
-    Path(topic): Path<String>,
+    PathParams(topic): PathParams<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -589,7 +619,7 @@ struct EntriesQuery {
 
 async fn entries(
     State(ctx): State<Ctx>,
-    Path(topic): Path<String>,
+    PathParams(topic): PathParams<String>,
     query: Result<Query<EntriesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
@@ -626,14 +656,24 @@ fn entry_json(e: &crate::Entry) -> Value {
 
 async fn stream(
     State(ctx): State<Ctx>,
-    Path(topic): Path<String>,
+    PathParams(topic): PathParams<String>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    use crate::service::Served;
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt as _;
     let Query(q) = query?;
+    if ctx.streams.draining() {
+        return Err(shutting_down());
+    }
     let consumer = q.consumer.unwrap_or_default();
+    if !consumer.is_empty() {
+        crate::topic::validate_consumer(&consumer)?;
+    }
+    // A topic without entries yet is tailed from its first (consumers may start before
+    // producers), as `Walrus::subscribe` does.
+    ctx.wal.check_open()?;
     let mut s = if consumer.is_empty() {
         ctx.wal.subscribe(&topic)?
     } else {
@@ -647,18 +687,43 @@ async fn stream(
         s.seek(last.saturating_add(1))?;
     }
     // A task owns the stream and ends it (releasing the consumer) as soon as the client
-    // goes away.
+    // goes away. Failures are events, so the client learns why the stream ended (a body
+    // error would only abort the connection).
     let events = ctx.streams.serve(s).map(|item| {
-        item.map(|e| {
-            Event::default()
+        Ok::<_, std::convert::Infallible>(match item {
+            Served::Entry(e) => Event::default()
                 .event("entry")
                 .id(e.offset.to_string())
-                .data(entry_json(&e).to_string())
+                .data(entry_json(&e).to_string()),
+            Served::Failed(Error::Truncated {
+                requested, oldest, ..
+            }) => Event::default()
+                .event("truncated")
+                .data(json!({"requested": requested, "oldest": oldest}).to_string()),
+            Served::Failed(e) => {
+                let e = ApiError::from(e);
+                Event::default()
+                    .event("error")
+                    .data(json!({"error": e.kind, "message": e.message}).to_string())
+            }
+            Served::ShuttingDown => Event::default().event("error").data(
+                json!({"error": "shutting_down", "message": "the server is shutting down"})
+                    .to_string(),
+            ),
         })
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// 503 while the service drains for a shutdown.
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the server is shutting down",
+    )
 }
 
 #[derive(Deserialize)]
@@ -668,13 +733,18 @@ struct AckBody {
 
 async fn ack(
     State(ctx): State<Ctx>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let body = read_body(&headers, body, ctx.limits.small).await?;
     let AckBody { offset } =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_body(e.to_string()))?;
+    ctx.wal.check_open()?;
+    crate::topic::validate_topic(&topic)?;
+    if !consumer_name(&name).is_empty() {
+        crate::topic::validate_consumer(consumer_name(&name))?;
+    }
     match ctx.streams.ack(&topic, consumer_name(&name), offset).await {
         Ok(()) => Ok(Json(json!({ "acked": offset }))),
         Err(AckError::Wal(e)) => Err(e.into()),
@@ -700,7 +770,7 @@ fn consumer_name(name: &str) -> &str {
 
 async fn reset_consumer(
     State(ctx): State<Ctx>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -727,7 +797,7 @@ async fn reset_consumer(
 
 async fn remove_consumer(
     State(wal): State<Walrus>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     known(&wal, &topic)?;
     wal.remove_consumer(&topic, consumer_name(&name)).await?;

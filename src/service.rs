@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use futures::future::{BoxFuture, FutureExt as _, Shared};
-use futures::{Stream, StreamExt as _};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Entry, Result, TopicStream};
+use crate::{Entry, Error, Result, TopicStream};
 
 /// Entries a served stream reads ahead of a slow client (each is a zero-copy view).
 const FORWARD_AHEAD: usize = 64;
@@ -33,6 +33,17 @@ pub(crate) enum AckError {
     Wal(crate::Error),
 }
 
+/// What a served stream yields.
+pub(crate) enum Served {
+    /// The next entry.
+    Entry(Entry),
+    /// A failed read. After [`Error::Truncated`] the stream goes on from the oldest retained
+    /// entry; after anything else it ends (a closed log gives [`Error::Closed`]).
+    Failed(Error),
+    /// The service is shutting down: the stream ends here.
+    ShuttingDown,
+}
+
 /// The streams a service is serving, keyed by (topic, consumer).
 #[derive(Clone, Default)]
 pub(crate) struct Streams {
@@ -48,15 +59,20 @@ impl Streams {
         }
     }
 
+    /// Whether the drain signal has fired: no new stream should start.
+    pub(crate) fn draining(&self) -> bool {
+        self.drain
+            .as_ref()
+            .is_some_and(|d| d.clone().now_or_never().is_some())
+    }
+
     /// Serves `s`: a task of the current runtime owns it, forwards its entries to the
     /// returned stream and serves acknowledgements, and ends (dropping `s`, which releases
-    /// the consumer) as soon as the returned stream is dropped, the log closes, or the drain
-    /// signal fires. A failed read is forwarded, then the stream ends.
-    pub(crate) fn serve(
-        &self,
-        mut s: TopicStream,
-    ) -> impl Stream<Item = Result<Entry>> + Send + 'static {
-        let (tx, mut rx) = mpsc::channel::<Result<Entry>>(FORWARD_AHEAD);
+    /// the consumer) as soon as the returned stream is dropped, the log closes, a read fails
+    /// for good, or the drain signal fires. Acknowledgements are served while a slow client
+    /// keeps the stream from taking more entries.
+    pub(crate) fn serve(&self, mut s: TopicStream) -> impl Stream<Item = Served> + Send + 'static {
+        let (tx, mut rx) = mpsc::channel::<Served>(FORWARD_AHEAD);
         let (ack_tx, mut ack_rx) = mpsc::channel(16);
         let key = (s.topic().to_owned(), s.consumer().to_owned());
         self.lock().insert(key.clone(), ack_tx.clone());
@@ -70,20 +86,42 @@ impl Streams {
                 }
             };
             tokio::pin!(drained);
+            // The item read but not yet taken by the response, and whether it is the last.
+            let mut pending: Option<Served> = None;
+            let mut last = false;
             loop {
                 tokio::select! {
                     biased;
                     _ = tx.closed() => break,
-                    _ = &mut drained => break,
+                    _ = &mut drained => {
+                        // Whatever the client has not taken yet is dropped with the stream.
+                        let _ = tx.try_send(Served::ShuttingDown);
+                        break;
+                    }
                     Some((offset, reply)) = ack_rx.recv() => {
                         let _ = reply.send(s.ack(offset).await);
                     }
-                    item = s.next() => {
-                        let Some(item) = item else { break };
-                        let failed = item.is_err();
-                        if tx.send(item).await.is_err() || failed {
+                    permit = tx.reserve(), if pending.is_some() => {
+                        let Ok(permit) = permit else { break };
+                        if let Some(item) = pending.take() {
+                            permit.send(item);
+                        }
+                        if last {
                             break;
                         }
+                    }
+                    item = s.next(), if pending.is_none() => {
+                        pending = Some(match item {
+                            Some(Ok(e)) => Served::Entry(e),
+                            Some(Err(e)) => {
+                                last = !matches!(e, Error::Truncated { .. });
+                                Served::Failed(e)
+                            }
+                            None => {
+                                last = true;
+                                Served::Failed(Error::Closed)
+                            }
+                        });
                     }
                 }
             }
@@ -124,17 +162,20 @@ impl Streams {
 }
 
 /// Whether `header` (an `Authorization` value) carries `token` as a bearer token. The scheme
-/// is case-insensitive; the comparison does not stop at the first difference, so the time it
-/// takes does not tell how much of a guessed token was right.
+/// is case-insensitive. The comparison runs over the whole expected token whatever was given,
+/// so its time tells neither how much of a guess was right nor how long the token is.
 pub(crate) fn bearer_matches(header: Option<&str>, token: &str) -> bool {
-    header
+    let given = header
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-        .is_some_and(|given| {
-            let (a, b) = (given.as_bytes(), token.as_bytes());
-            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-        })
+        .map_or("", |(_, t)| t.trim())
+        .as_bytes();
+    let expected = token.as_bytes();
+    let mut diff = u8::from(given.len() != expected.len() || expected.is_empty());
+    for (i, &b) in expected.iter().enumerate() {
+        diff |= b ^ given.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
 }
 
 /// The most names one page of topics holds, and how many without a limit.

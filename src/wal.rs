@@ -179,7 +179,7 @@ impl Walrus {
         WalrusBuilder::default()
     }
 
-    fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
 

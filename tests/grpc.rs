@@ -296,6 +296,11 @@ async fn every_error_has_its_status() {
         offset: 0,
     };
     assert_eq!(code(c.ack(ack.clone()).await), Code::FailedPrecondition);
+    let bad_name = pb::AckRequest {
+        consumer: "\0".into(),
+        ..ack.clone()
+    };
+    assert_eq!(code(c.ack(bad_name).await), Code::InvalidArgument);
 
     // Entries deleted by retention: OUT_OF_RANGE with the oldest offset.
     for _ in 0..3000 {
@@ -363,6 +368,10 @@ async fn a_token_guards_every_method_but_health() {
         c.append(req).await.unwrap_err().code(),
         Code::Unauthenticated
     );
+    // Checked before the message is read: a large one without the token is refused as
+    // unauthenticated, not decoded.
+    let big = c.append(append("t", vec![0u8; 8 << 20])).await.unwrap_err();
+    assert_eq!(big.code(), Code::Unauthenticated, "{big:?}");
     assert_eq!(wal.topic_info("t"), None);
 
     // With the token, through an interceptor as a real client would.
@@ -435,5 +444,53 @@ async fn topics_come_a_page_at_a_time_in_name_order() {
         .unwrap()
         .into_inner();
     assert_eq!((all.topics.len(), all.next_after), (5, None));
+    wal.close().await.unwrap();
+}
+
+/// A consumer that acknowledges each entry before it reads the next, with a backlog far
+/// larger than the transport's buffers: acknowledgements are served while the stream waits
+/// for the client to take more (they used to queue behind it, and both sides waited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledging_each_entry_through_a_large_backlog_does_not_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path())
+        .segment_bytes(8 << 20)
+        .open()
+        .await
+        .unwrap();
+    const N: u64 = 1024;
+    let payload = vec![7u8; 16 << 10]; // 16 MiB in all
+    for chunk in 0..N / 64 {
+        let range = wal
+            .append_batch("t", (0..64).map(|_| payload.clone()))
+            .await
+            .unwrap();
+        assert_eq!(range.start, chunk * 64);
+    }
+    let addr = serve(&wal, Options::default()).await;
+    let mut c = client(addr).await;
+    let mut s = c
+        .subscribe(subscribe("t", "slow", None))
+        .await
+        .unwrap()
+        .into_inner();
+    let all = async {
+        for want in 0..N {
+            let e = s.message().await.unwrap().expect("the stream goes on");
+            assert_eq!(e.offset, want);
+            c.ack(pb::AckRequest {
+                topic: "t".into(),
+                consumer: "slow".into(),
+                offset: e.offset,
+            })
+            .await
+            .unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .expect("every entry read and acknowledged");
+    assert_eq!(wal.consumer_lag("t", "slow"), Some(0));
+    drop(s);
     wal.close().await.unwrap();
 }

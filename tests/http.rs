@@ -2,6 +2,8 @@
 //! client over TCP against a server on 127.0.0.1.
 #![cfg(feature = "http")]
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use axum::Router;
@@ -225,6 +227,12 @@ async fn every_error_has_its_status_and_a_json_body() {
         (s, &v["error"]),
         (StatusCode::BAD_REQUEST, &Value::from("invalid_topic"))
     );
+    // A path that does not decode: a JSON 400 like every other error.
+    let (s, v) = call(&app, "POST", "/topics/%FF", "x").await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::BAD_REQUEST, &Value::from("bad_path"))
+    );
     let (s, v) = call(&app, "POST", "/topics/t/batch", "not json").await;
     assert_eq!(
         (s, &v["error"]),
@@ -305,10 +313,14 @@ async fn a_token_guards_every_route_but_healthz() {
     let app = router_with(wal.clone(), Options::default().token("s3cret"));
     let (s, _) = call(&app, "GET", "/healthz", Body::empty()).await;
     assert_eq!(s, StatusCode::OK);
+    // The fallbacks too: without the token an unknown route and a wrong method look alike.
     for (method, uri) in [
         ("GET", "/topics"),
         ("POST", "/topics/t"),
         ("GET", "/readyz"),
+        ("GET", "/no/such/route"),
+        ("DELETE", "/topics"),
+        ("POST", "/healthz"),
     ] {
         let (s, v) = call(&app, method, uri, "x").await;
         assert_eq!(
@@ -336,6 +348,12 @@ async fn a_token_guards_every_route_but_healthz() {
         .header("authorization", "bearer s3cret");
     let (s, _) = call_with(&app, req, Body::empty()).await;
     assert_eq!(s, StatusCode::OK);
+    // Nested in an application, its /healthz still needs no token.
+    let nested = Router::new().nest("/log", app);
+    let (s, _) = call(&nested, "GET", "/log/healthz", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&nested, "GET", "/log/topics", Body::empty()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     wal.close().await.unwrap();
 }
 
@@ -591,13 +609,32 @@ async fn the_shutdown_signal_ends_open_event_streams() {
     assert_eq!(events(&mut body, 1).await[0].0, 0);
     stop.send_replace(true);
     let end = async {
+        let mut text = String::new();
         while let Some(frame) = body.frame().await {
-            frame.unwrap();
+            if let Ok(data) = frame.unwrap().into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
         }
+        text
     };
-    tokio::time::timeout(std::time::Duration::from_secs(10), end)
+    let text = tokio::time::timeout(std::time::Duration::from_secs(10), end)
         .await
         .expect("the stream ends on the signal");
+    assert!(
+        text.contains("event: error") && text.contains("shutting_down"),
+        "the client is told why: {text:?}"
+    );
+    // No new stream starts, and the service reports itself not ready.
+    let (s, v) = call(&app, "GET", "/topics/t/stream?consumer=d", Body::empty()).await;
+    assert_eq!(
+        (s, &v["error"]),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Value::from("shutting_down")
+        )
+    );
+    let (s, _) = call(&app, "GET", "/readyz", Body::empty()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     // And the consumer is free again (its task dropped the stream).
     let released = async {
         loop {
@@ -635,5 +672,96 @@ async fn topics_come_a_page_at_a_time() {
     assert_eq!(v, serde_json::json!({"topics": ["c"]}));
     let (s, _) = call(&app, "GET", "/topics?limit=x", Body::empty()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn sse_over_tcp_resumes_after_last_event_id_and_a_disconnect_releases_the_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path()).open().await.unwrap();
+    wal.append_batch("t", ["a", "b", "c"]).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, router(wal.clone())).into_future());
+    let http = clients::Http::new(addr, None);
+
+    let mut s = http
+        .events("/topics/t/stream?consumer=c", None)
+        .await
+        .unwrap();
+    assert_eq!(s.next().await.unwrap().0, 0);
+    assert_eq!(s.next().await.unwrap().0, 1);
+    let (st, v) = http
+        .call("POST", "/topics/t/consumers/c/ack", r#"{"offset": 0}"#)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // A second stream of the consumer meanwhile: 409.
+    let (st, v) = http
+        .events("/topics/t/stream?consumer=c", None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!((st, &v["error"]), (409, &Value::from("consumer_busy")));
+    // The client disconnects (the connection closes): the server lets the consumer go.
+    drop(s);
+    let reconnect = async {
+        loop {
+            match http.events("/topics/t/stream?consumer=c", Some(1)).await {
+                Ok(s) => return s,
+                Err((409, _)) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    };
+    let mut s = tokio::time::timeout(std::time::Duration::from_secs(10), reconnect)
+        .await
+        .expect("released within 10 s");
+    // Resumed after Last-Event-ID 1, though the checkpoint is at 1.
+    let (id, v) = s.next().await.unwrap();
+    assert_eq!((id, &v["data"]), (2, &Value::from("c")));
+    drop(s);
+    wal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_consumer_behind_retention_is_told_and_goes_on_from_the_oldest_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::small(dir.path())
+        .segment_bytes(64 << 10)
+        .retention_bytes(1)
+        .open()
+        .await
+        .unwrap();
+    wal.append("t", "first").await.unwrap();
+    wal.reset_consumer("t", "late", walrus_async::ResetTo::Offset(0))
+        .await
+        .unwrap();
+    for _ in 0..3000 {
+        wal.append("t", vec![b'x'; 64]).await.unwrap();
+    }
+    wal.reclaim().await.unwrap();
+    let oldest = wal.topic_info("t").unwrap().oldest_offset;
+    assert!(oldest > 0);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, router(wal.clone())).into_future());
+    let http = clients::Http::new(addr, None);
+    let mut s = http
+        .events("/topics/t/stream?consumer=late", None)
+        .await
+        .unwrap();
+    let (name, _, v) = s.next_any().await.unwrap();
+    assert_eq!(name, "truncated");
+    assert_eq!(
+        (v["requested"].as_u64(), v["oldest"].as_u64()),
+        (Some(0), Some(oldest))
+    );
+    let (name, id, _) = s.next_any().await.unwrap();
+    assert_eq!(
+        (name.as_str(), id),
+        ("entry", Some(oldest)),
+        "and the stream goes on"
+    );
+    drop(s);
     wal.close().await.unwrap();
 }

@@ -24,8 +24,13 @@ struct Server {
 
 /// Starts `walrus serve DIR` with both services on ephemeral ports; returns once it is ready.
 async fn start(dir: &std::path::Path, token_file: &std::path::Path) -> Server {
+    start_with(dir, token_file, &[]).await
+}
+
+async fn start_with(dir: &std::path::Path, token_file: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walrus"))
         .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .args(extra)
         .arg("--token-file")
         .arg(token_file)
         .arg(dir)
@@ -166,11 +171,17 @@ async fn serve_restart_resumes_every_consumer_without_loss_or_duplicate() {
 
     // SIGTERM: both open streams end, the log closes, exit 0.
     let (status, log) = server.terminate().await;
-    assert!(sse.next().await.is_none(), "the event stream ended");
-    assert!(
-        matches!(sub.message().await, Ok(None)),
-        "the gRPC stream ended with OK"
+    let (event, _, v) = sse.next_any().await.expect("told why");
+    assert_eq!(
+        (event.as_str(), &v["error"]),
+        ("error", &"shutting_down".into())
     );
+    assert!(
+        sse.next_any().await.is_none(),
+        "then the event stream ended"
+    );
+    let ended = sub.message().await.unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
     assert!(status.success(), "{status:?}: {log:?}");
     assert!(log.iter().any(|l| l.contains("log closed")), "{log:?}");
 
@@ -206,6 +217,58 @@ async fn serve_restart_resumes_every_consumer_without_loss_or_duplicate() {
     assert_eq!((e.offset, &e.data[..]), (10, &b"after"[..]));
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{status:?}: {log:?}");
+}
+
+/// Neither a client that stopped reading a large stream nor an open health watch can hold
+/// the shutdown: the watch sees NOT_SERVING and ends, the stalled stream is cut at the drain
+/// timeout, the log is closed, exit 0.
+#[tokio::test]
+async fn serve_shuts_down_despite_a_stalled_reader_and_a_health_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "\u{feff}t0k3n\n").unwrap();
+    let server = start_with(&data, &token_file, &["--drain-timeout-secs", "2"]).await;
+    let http = Http::new(&server.http, Some("t0k3n"));
+    // 32 MiB of backlog, more than the socket buffers hold.
+    let item = format!("\"{}\"", "x".repeat(64 << 10));
+    for _ in 0..8 {
+        let batch = format!("[{}]", vec![item.as_str(); 64].join(","));
+        let (s, v) = http.call("POST", "/topics/big/batch", batch).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut stalled = http
+        .events("/topics/big/stream?consumer=stalled", None)
+        .await
+        .unwrap();
+    assert_eq!(stalled.next().await.unwrap().0, 0);
+    // Health, without the token.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "walrus.v1.Wal".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    assert_eq!(watch.message().await.unwrap().unwrap().status, serving);
+
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{status:?}: {log:?}");
+    assert!(log.iter().any(|l| l.contains("log closed")), "{log:?}");
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let mut seen = Vec::new();
+    while let Ok(Some(m)) = watch.message().await {
+        seen.push(m.status);
+    }
+    assert!(seen.contains(&not_serving), "{seen:?}");
+    drop(stalled);
 }
 
 #[tokio::test]

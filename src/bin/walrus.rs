@@ -140,6 +140,10 @@ enum Command {
         /// append is durable before it is acknowledged).
         #[arg(long, default_value_t = 0)]
         fsync_ms: u64,
+        /// On SIGTERM, wait at most this many seconds for open requests and streams before
+        /// closing the log anyway.
+        #[arg(long, default_value_t = 10)]
+        drain_timeout_secs: u64,
     },
     /// Run a standard workload in a temporary directory and print what this disk does.
     Bench {
@@ -314,12 +318,14 @@ fn main() -> ExitCode {
             grpc,
             token_file,
             fsync_ms,
+            drain_timeout_secs,
         } => serve::run(serve::Serve {
             target,
             http,
             grpc,
             token_file,
             fsync_ms,
+            drain_timeout: Duration::from_secs(drain_timeout_secs),
         }),
         Command::Bench { quick, dir, json } => cmd_bench(quick, dir.as_deref(), json),
     };

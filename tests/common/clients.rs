@@ -99,6 +99,36 @@ pub struct Sse {
 }
 
 impl Sse {
+    /// The next event of any kind: (event name, id, data as JSON); `None` once the server
+    /// ended the stream. 30 s at most.
+    pub async fn next_any(&mut self) -> Option<(String, Option<u64>, Value)> {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                while let Some(end) = self.text.find("\n\n") {
+                    let event: String = self.text.drain(..end + 2).collect();
+                    let Some(name) = event.lines().find_map(|l| l.strip_prefix("event: ")) else {
+                        continue; // a keep-alive comment
+                    };
+                    let id = event
+                        .lines()
+                        .find_map(|l| l.strip_prefix("id: "))
+                        .map(|i| i.parse().unwrap());
+                    let data = event
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data: "))
+                        .unwrap();
+                    return Some((name.to_owned(), id, serde_json::from_str(data).unwrap()));
+                }
+                let frame = self.body.frame().await?.expect("the stream reads");
+                if let Ok(data) = frame.into_data() {
+                    self.text.push_str(std::str::from_utf8(&data).unwrap());
+                }
+            }
+        })
+        .await
+        .expect("an event (or the end) within 30 s")
+    }
+
     /// The next `entry` event: (id, data as JSON); `None` once the server ended the stream.
     /// Keep-alive comments are skipped. 30 s at most.
     pub async fn next(&mut self) -> Option<(u64, Value)> {
@@ -127,6 +157,7 @@ impl Sse {
 }
 
 /// A gRPC client of the server at `addr`, sending `token` when given.
+#[cfg(feature = "grpc")]
 pub async fn grpc(
     addr: impl std::fmt::Display,
     token: Option<&str>,
@@ -145,6 +176,7 @@ pub async fn grpc(
 #[derive(Clone)]
 pub struct Bearer(Option<String>);
 
+#[cfg(feature = "grpc")]
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(t) = &self.0 {

@@ -18,6 +18,7 @@ pub(crate) struct Serve {
     pub(crate) grpc: Option<SocketAddr>,
     pub(crate) token_file: Option<std::path::PathBuf>,
     pub(crate) fsync_ms: u64,
+    pub(crate) drain_timeout: std::time::Duration,
 }
 
 /// Resolves once `stop` says so: the one signal every part of the shutdown waits on.
@@ -28,10 +29,11 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 fn read_token(path: &Path) -> Result<String, Failure> {
     let token = std::fs::read_to_string(path)
         .map_err(|e| Failure::Usage(format!("reading the token file {}: {e}", path.display())))?;
-    let token = token.trim();
-    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let token = token.trim_start_matches('\u{feff}').trim();
+    // What an `Authorization` header and gRPC metadata can carry as they are.
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Failure::Usage(format!(
-            "the token file {} must hold one token: no spaces, not empty",
+            "the token file {} must hold one token of visible ASCII characters (no spaces)",
             path.display()
         )));
     }
@@ -45,12 +47,27 @@ fn no_delay(s: &mut tokio::net::TcpStream) {
     }
 }
 
-/// SIGTERM or Ctrl-C.
-async fn signalled() -> std::io::Result<&'static str> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
-        _ = term.recv() => Ok("SIGTERM"),
+/// SIGTERM and Ctrl-C, listened for from the start (a signal before the first wait is kept,
+/// not left to the default action that would kill the process without closing the log).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
     }
 }
 
@@ -84,21 +101,26 @@ pub(crate) fn run(args: Serve) -> Outcome {
         if let Some(k) = key(&args.target) {
             b = b.key(k);
         }
+        let mut signals = Signals::new()?;
         let wal = b.open().await?;
         // Bound before anything is served, so a taken port fails the command at once.
-        let bind = |addr: SocketAddr| async move {
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| Failure::Failed(format!("listening on {addr}: {e}")))
+        let bind = |addr: Option<SocketAddr>| async move {
+            match addr {
+                None => Ok(None),
+                Some(addr) => tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map(Some)
+                    .map_err(|e| Failure::Failed(format!("listening on {addr}: {e}"))),
+            }
         };
-        let http = match args.http {
-            Some(a) => Some(bind(a).await?),
-            None => None,
+        let listeners = match (bind(args.http).await, bind(args.grpc).await) {
+            (Ok(h), Ok(g)) => (h, g),
+            (Err(e), _) | (_, Err(e)) => {
+                wal.close().await?;
+                return Err(e);
+            }
         };
-        let grpc = match args.grpc {
-            Some(a) => Some(bind(a).await?),
-            None => None,
-        };
+        let (http, grpc) = listeners;
         let (stop, stop_rx) = watch::channel(false);
         let mut servers = tokio::task::JoinSet::new();
         if let Some(listener) = http {
@@ -138,8 +160,8 @@ pub(crate) fn run(args: Serve) -> Outcome {
 
         // Until a signal, or a server failing on its own.
         let failed = tokio::select! {
-            s = signalled() => {
-                info!(signal = s.unwrap_or("signal"), "shutting down: no new connections, open streams end");
+            s = signals.next() => {
+                info!(signal = s, "shutting down: no new connections, open streams end");
                 None
             }
             Some(r) = servers.join_next() => Some(match r {
@@ -148,15 +170,19 @@ pub(crate) fn run(args: Serve) -> Outcome {
                 Err(e) => format!("a server task failed: {e}"),
             }),
         };
-        if let Some(reporter) = &health {
+        if let Some(mut reporter) = health {
             for name in ["walrus.v1.Wal", ""] {
                 reporter
                     .set_service_status(name, tonic_health::ServingStatus::NotServing)
                     .await;
+                // Ends open `Health.Watch` calls (after they saw NOT_SERVING), which the
+                // graceful shutdown would otherwise wait for.
+                reporter.clear_service_status(name).await;
             }
         }
         stop.send_replace(true);
-        // A second signal while draining gives up waiting: the log is still closed.
+        // Requests in flight finish; a client that stops reading cannot hold the shutdown
+        // past the drain timeout, nor past a second signal.
         let drained = async {
             let mut errors = Vec::new();
             while let Some(r) = servers.join_next().await {
@@ -170,9 +196,13 @@ pub(crate) fn run(args: Serve) -> Outcome {
         };
         let errors = tokio::select! {
             errors = drained => errors,
-            _ = signalled() => {
-                warn!("second signal: closing the log without waiting for open requests");
-                vec!["stopped before the servers drained".to_owned()]
+            _ = tokio::time::sleep(args.drain_timeout) => {
+                warn!(timeout = ?args.drain_timeout, "connections still open after the drain timeout: closing the log");
+                Vec::new()
+            }
+            s = signals.next() => {
+                warn!(signal = s, "second signal: closing the log without waiting for open connections");
+                Vec::new()
             }
         };
         wal.close().await?;
