@@ -84,6 +84,8 @@ pub mod http;
 pub mod inspect;
 mod io;
 mod lifecycle;
+#[cfg(feature = "raft")]
+pub mod raft;
 mod reader;
 mod retention;
 #[cfg(any(feature = "http", feature = "grpc"))]

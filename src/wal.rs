@@ -465,6 +465,17 @@ impl Walrus {
     /// # Cancellation
     /// Cancel safe: it only reads.
     pub async fn read_at(&self, topic: &str, offset: u64, max_bytes: usize) -> Result<Vec<Entry>> {
+        self.read_at_most(topic, offset, max_bytes, usize::MAX)
+    }
+
+    /// [`read_at`](Self::read_at), stopping after `max_entries` entries too.
+    pub(crate) fn read_at_most(
+        &self,
+        topic: &str,
+        offset: u64,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<Vec<Entry>> {
         self.check_open()?;
         validate_topic(topic)?;
         let Some(t) = self.topic(topic) else {
@@ -485,7 +496,7 @@ impl Walrus {
         }
         let mut cursor = Cursor::new(offset);
         let mut out = Vec::new();
-        cursor.read(&t, max_bytes, usize::MAX, &mut out);
+        cursor.read(&t, max_bytes, max_entries, &mut out);
         let oldest = t.oldest.load(Ordering::Acquire);
         if out.is_empty() && offset < oldest {
             // Deleted since it was looked at above.

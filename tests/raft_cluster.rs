@@ -1,0 +1,27 @@
+//! The scenario of `examples/raft_cluster.rs`: three nodes, each on its own walrus-async
+//! directory; a write committed on a majority, the leader killed, a new one elected, a write
+//! with one node down, the old leader restarted from its directory and caught up. Every node
+//! ends with the same data.
+#![cfg(feature = "raft")]
+
+#[allow(dead_code)]
+#[path = "../examples/raft_cluster.rs"]
+mod cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_fail_over_and_the_old_leader_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = cluster::run(dir.path(), |s| eprintln!("{s}"))
+        .await
+        .unwrap();
+    assert_ne!(outcome.first_leader, outcome.second_leader);
+    let want: std::collections::BTreeMap<String, String> = [
+        ("colour".to_string(), "green".to_string()),
+        ("size".to_string(), "large".to_string()),
+    ]
+    .into();
+    assert_eq!(outcome.data.len(), 3, "every node reported");
+    for (id, data) in &outcome.data {
+        assert_eq!(data, &want, "node {id}");
+    }
+}
