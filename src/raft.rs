@@ -37,9 +37,10 @@
 //! | vote | `save_vote` | the vote |
 //! | state (vote, committed, last purged, where the kept entries start) | `purge` | all four; entries at or below the purged index, and any mapped below where the kept ones start, are dropped |
 //!
-//! `save_committed` writes to a second topic, `raft-committed/{group}`, lazily (openraft
-//! calls it on every commit and allows it to lag): kept out of the first, it does not split
-//! the entries' offsets into one stretch per commit.
+//! `save_committed` writes to a second topic, `raft-committed/{group}`, lazily: with the
+//! group's next write, in the same group commit (openraft calls it on every commit and allows
+//! it to lag). Kept out of the first topic, it does not split the entries' offsets into one
+//! stretch per commit.
 //!
 //! **Raft indexes are not topic offsets.** A Raft log starts at any index, is cut at its end
 //! by truncation and at its start by purges, and appends at an index below its end replace
@@ -50,12 +51,13 @@
 //! the records at those offsets, and check that each holds the index asked for.
 //!
 //! **Durability.** `append` reports `log_io_completed` once the entries and every earlier
-//! record are durable: with [`FsyncSchedule::SyncEach`] the
-//! append itself resolves then (group commit: appends of many groups share an `fdatasync`);
-//! with another schedule the store calls [`Walrus::sync`] after each write. `save_vote`,
-//! `save_committed`, `truncate` and `purge` are durable before they return. Each write runs as
-//! a task of the log, so a caller that drops a future half-way (openraft shutting down) leaves
-//! the store's map matching what is on disk.
+//! record are durable: with [`FsyncSchedule::SyncEach`] the append itself resolves then (group
+//! commit: appends of many groups share an `fdatasync`); with another schedule the store calls
+//! [`Walrus::sync`] after each write. `save_vote`, `truncate` and `purge` are durable before
+//! they return; `save_committed` is lazy (below). Each write runs as a task of the log, in the
+//! order the calls were made, so a caller that drops a future half-way (openraft shutting
+//! down) leaves the store's map matching what is on disk. openraft 0.9 waits for each append's
+//! callback before its next storage call, so a `truncate` never meets an unflushed tail.
 //!
 //! **Retention.** `purge` writes a state record and moves the group's consumer (`raft`) to the
 //! lowest offset still needed (the state record, or the oldest entry kept): older segment files
@@ -153,6 +155,8 @@ struct Group<C: RaftTypeConfig> {
     state: RwLock<State<NodeIdOf<C>>>,
     /// One write at a time, in the order they were called.
     writing: Arc<tokio::sync::Mutex<()>>,
+    /// A committed log id saved but not written yet: it goes with the group's next write.
+    pending_committed: Mutex<Option<Bytes>>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -483,6 +487,7 @@ where
                 sync_each,
                 state: RwLock::new(state),
                 writing: Arc::default(),
+                pending_committed: Mutex::new(None),
                 _claim: claim,
                 committed_topic,
                 _config: PhantomData,
@@ -515,7 +520,22 @@ impl<C: RaftTypeConfig> Group<C> {
         let task = self.wal.shared().spawn(async move {
             let _turn = turn;
             let records = make(&group.state())?;
-            let (offsets, failed) = group.append_in_batches(records).await;
+            let committed = group
+                .pending_committed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            // Into the same log: both ride one group commit, no sync of their own.
+            let (written, committed) = futures::join!(group.append_in_batches(records), async {
+                match committed {
+                    Some(r) => group.wal.append(&group.committed_topic, r).await.map(drop),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = committed {
+                tracing::debug!(error = %e, topic = group.committed_topic, "committed log id not written");
+            }
+            let (offsets, failed) = written;
             let failed = match failed {
                 None if !group.sync_each => group.wal.sync().await.err(),
                 other => other,
@@ -743,22 +763,21 @@ where
     }
 
     /// Lazy, as openraft allows: the id is kept at once for `read_committed` and written to
-    /// the group's committed topic without waiting for it to be durable (openraft calls this
-    /// on every commit; an `fdatasync` each would double a leader's syncs). After a crash the
-    /// store may report an older committed id, never a newer one.
+    /// the group's committed topic with the group's next write (in the same group commit:
+    /// openraft calls this on every commit, and a sync of its own each time would double a
+    /// leader's syncs). After a crash the store may report an older committed id, never a
+    /// newer one; once a later append, vote, truncate or purge returned, this one is durable.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeIdOf<C>>>,
     ) -> StorageResult<(), C> {
         let record = encode(COMMITTED, &committed).map_err(write_error)?;
         self.group.state_mut().commit(committed);
-        let (wal, topic) = (self.group.wal.clone(), self.group.committed_topic.clone());
-        // Written in the background; one that fails is only a later re-apply.
-        drop(self.group.wal.shared().spawn(async move {
-            if let Err(e) = wal.append(&topic, record).await {
-                tracing::debug!(error = %e, topic, "committed log id not written");
-            }
-        }));
+        *self
+            .group
+            .pending_committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(record);
         Ok(())
     }
 

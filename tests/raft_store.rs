@@ -115,9 +115,11 @@ async fn every_operation_survives_a_reopen() {
         (wal, s) = reopen(dir.path(), wal, s).await;
     }
 
+    // Committed is lazy: kept at once, written with the next write (here the vote's).
+    s.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
+    assert_eq!(s.read_committed().await.unwrap(), Some(log_id(1, 1, 3)));
     let vote = Vote::new_committed(2, 1);
     s.save_vote(&vote).await.unwrap();
-    s.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
     want.vote = Some(vote);
     want.committed = Some(log_id(1, 1, 3));
     for _ in 0..2 {
@@ -448,36 +450,87 @@ fn child_raft_writer() {
         let wal = open_log(Path::new(&dir)).await;
         let mut s = Store::open(wal.clone(), "g").await.unwrap();
         let mut out = std::io::stdout();
+        // Each operation is announced before it starts and confirmed once it returned, so
+        // the parent knows the one in flight when it was killed.
+        let mut say = |line: String| {
+            use std::io::Write;
+            writeln!(out, "{line}").unwrap();
+            out.flush().unwrap();
+        };
         let (mut term, mut next) = (1u64, 1u64);
         for round in 0u64.. {
+            say(format!("begin appended {term} {}", next + 2));
             s.blocking_append((next..next + 3).map(|i| ent(term, i)))
                 .await
                 .unwrap();
             next += 3;
-            use std::io::Write;
-            writeln!(out, "appended {term} {}", next - 1).unwrap();
+            say("done".into());
             if round % 7 == 6 {
                 // A new term rewrites the last two entries (an implicit truncate).
                 term += 1;
                 next -= 2;
+                say(format!("begin rewrote {term} {next}"));
                 s.blocking_append((next..next + 2).map(|i| ent(term, i)))
                     .await
                     .unwrap();
                 next += 2;
-                writeln!(out, "rewrote {term} {}", next - 2).unwrap();
+                say("done".into());
             }
             if round % 11 == 10 {
+                say(format!("begin truncated {}", next - 1));
                 s.truncate(log_id(term, 1, next - 1)).await.unwrap();
                 next -= 1;
-                writeln!(out, "truncated {next}").unwrap();
+                say("done".into());
             }
             if round % 13 == 12 {
+                let vote = Vote::new_committed(term, 1);
+                say(format!("begin voted {term}"));
+                s.save_vote(&vote).await.unwrap();
+                say("done".into());
+                say(format!("begin purged {}", next - 10));
                 s.purge(log_id(term, 1, next - 10)).await.unwrap();
-                writeln!(out, "purged {}", next - 10).unwrap();
+                say("done".into());
             }
-            out.flush().unwrap();
         }
     });
+}
+
+/// What the child's confirmed operations leave: entries (index → term), last purged index,
+/// last vote's term.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Model {
+    entries: std::collections::BTreeMap<u64, u64>,
+    purged: u64,
+    vote: Option<u64>,
+}
+
+impl Model {
+    fn apply(&mut self, op: &str) {
+        let w: Vec<&str> = op.split(' ').collect();
+        let n = |k: usize| w[k].parse::<u64>().unwrap();
+        match w[0] {
+            "appended" => {
+                self.entries.split_off(&(n(2) - 2));
+                for i in n(2) - 2..=n(2) {
+                    self.entries.insert(i, n(1));
+                }
+            }
+            "rewrote" => {
+                self.entries.split_off(&n(2));
+                self.entries.insert(n(2), n(1));
+                self.entries.insert(n(2) + 1, n(1));
+            }
+            "truncated" => {
+                self.entries.split_off(&n(1));
+            }
+            "voted" => self.vote = Some(n(1)),
+            "purged" => {
+                self.purged = n(1);
+                self.entries = self.entries.split_off(&(self.purged + 1));
+            }
+            other => panic!("unknown operation {other}"),
+        }
+    }
 }
 
 #[test]
@@ -496,75 +549,57 @@ fn kill_minus_nine_loses_nothing_acknowledged() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The model of what is durable, from what the child printed.
-    let mut model: std::collections::BTreeMap<u64, u64> = Default::default(); // index → term
-    let mut purged = 0u64;
-    let mut apply = |line: &str| -> bool {
-        let w: Vec<&str> = line.split(' ').collect();
-        let n = |k: usize| w[k].parse::<u64>().unwrap();
-        match w[0] {
-            "appended" => {
-                model.split_off(&(n(2) - 2));
-                for i in n(2) - 2..=n(2) {
-                    model.insert(i, n(1));
-                }
-            }
-            "rewrote" => {
-                model.split_off(&n(2));
-                model.insert(n(2), n(1));
-                model.insert(n(2) + 1, n(1));
-            }
-            "truncated" => {
-                model.split_off(&n(1));
-            }
-            "purged" => {
-                purged = n(1);
-                model = model.split_off(&(purged + 1));
-            }
-            _ => return false, // the test harness's own lines
+    // The model of what is durable: the operations the child confirmed, and the one it had
+    // begun when it was killed (which may or may not have reached the disk).
+    let mut model = Model::default();
+    let mut in_flight: Option<String> = None;
+    let mut read = |line: &str, model: &mut Model| -> bool {
+        // (libtest may have printed the test's name on the same line first.)
+        if let Some((_, op)) = line.split_once("begin ") {
+            in_flight = Some(op.to_owned());
+        } else if line == "done" {
+            model.apply(&in_flight.take().expect("a begun operation"));
+            return true;
         }
-        true
+        false
     };
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut ops = 0;
     while ops < 400 {
         let line = lines.next().expect("the child goes on").unwrap();
-        ops += usize::from(apply(&line));
+        ops += usize::from(read(&line, &mut model));
     }
     child.kill().unwrap(); // SIGKILL, in the middle of whatever it was doing
     child.wait().unwrap();
     // What it printed before it died counts too.
     for line in lines {
-        apply(&line.unwrap());
+        read(&line.unwrap(), &mut model);
     }
-    let last = model.keys().next_back().copied().unwrap_or(0);
+    let mut with_in_flight = model.clone();
+    if let Some(op) = &in_flight {
+        with_in_flight.apply(op);
+    }
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let wal = open_log(dir.path()).await;
         let mut s = Store::open(wal.clone(), "g").await.unwrap();
         let st = s.get_log_state().await.unwrap();
-        let got_purged = st.last_purged_log_id.map_or(0, |p| p.index);
-        assert!(
-            got_purged >= purged,
-            "purge {purged} was acknowledged, store says {got_purged}"
-        );
         let entries = s.try_get_log_entries(0..u64::MAX).await.unwrap();
-        let have: std::collections::BTreeMap<u64, u64> = entries
-            .iter()
-            .map(|e| (e.get_log_id().index, e.get_log_id().leader_id.term))
-            .collect();
-        // Everything acknowledged and not removed since is there, with its term. The
-        // operation in flight at the kill may have been durable without being printed: it
-        // could only have rewritten or truncated the last two entries, or purged more.
-        for (i, t) in &model {
-            if *i > got_purged && *i + 1 < last {
-                assert_eq!(have.get(i), Some(t), "entry {i} of term {t}");
-            }
-        }
-        // The log is contiguous.
-        let idx: Vec<u64> = have.keys().copied().collect();
-        assert!(idx.windows(2).all(|w| w[1] == w[0] + 1), "{idx:?}");
+        let found = Model {
+            entries: entries
+                .iter()
+                .map(|e| (e.get_log_id().index, e.get_log_id().leader_id.term))
+                .collect(),
+            purged: st.last_purged_log_id.map_or(0, |p| p.index),
+            vote: s.read_vote().await.unwrap().map(|v| v.leader_id.term),
+        };
+        // Exactly what was confirmed, with or without the operation in flight: nothing
+        // confirmed is lost, nothing removed comes back, and the log is contiguous.
+        assert!(
+            found == model || found == with_in_flight,
+            "found {found:?}\nconfirmed {model:?}\nin flight {in_flight:?}"
+        );
         drop(s);
         wal.close().await.unwrap();
     });
