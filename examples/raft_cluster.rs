@@ -51,8 +51,9 @@ openraft::declare_raft_types!(
 type Raft = openraft::Raft<TypeConfig>;
 
 // ------------------------------------------------------------------------------------------
-// The state machine: in memory, rebuilt after a restart by openraft re-applying the log up to
-// the committed index the log store kept.
+// The state machine: in memory, with its snapshots in a file next to the node's log. After a
+// restart it starts from its last snapshot, and openraft re-applies the log after it (up to
+// the committed index the log store kept, then what the leader sends).
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct KvState {
@@ -69,9 +70,58 @@ type Stored = Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>;
 pub struct Kv {
     state: Arc<Mutex<KvState>>,
     snapshot: Arc<Mutex<Stored>>,
+    /// Where snapshots are kept (`None`: in memory only).
+    file: Option<PathBuf>,
+}
+
+/// A snapshot as its file holds it.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<u64, BasicNode>,
+    data: Vec<u8>,
 }
 
 impl Kv {
+    /// A state machine keeping its snapshots in `file`, starting from the one there.
+    pub fn open(file: PathBuf) -> Result<Kv, Box<dyn std::error::Error>> {
+        let kv = Kv {
+            file: Some(file.clone()),
+            ..Kv::default()
+        };
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let f: SnapshotFile = serde_json::from_slice(&bytes)?;
+                *kv.state.lock().unwrap() = serde_json::from_slice(&f.data)?;
+                *kv.snapshot.lock().unwrap() = Some((f.meta, f.data));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(kv)
+    }
+
+    /// Keeps `meta`/`data` as the current snapshot, durably when it has a file: written
+    /// aside, synced, renamed over the old one.
+    fn keep(&self, meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> std::io::Result<()> {
+        if let Some(file) = &self.file {
+            use std::io::Write;
+            let json = serde_json::to_vec(&SnapshotFile {
+                meta: meta.clone(),
+                data: data.to_vec(),
+            })?;
+            let tmp = file.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, file)?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+        }
+        *self.snapshot.lock().unwrap() = Some((meta.clone(), data.to_vec()));
+        Ok(())
+    }
+
     /// A copy of the data.
     pub fn data(&self) -> BTreeMap<String, String> {
         self.state.lock().unwrap().data.clone()
@@ -91,7 +141,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Kv {
             last_membership: state.membership.clone(),
             snapshot_id: format!("{:?}", state.last_applied),
         };
-        *self.snapshot.lock().unwrap() = Some((meta.clone(), bytes.clone()));
+        self.keep(&meta, &bytes).map_err(sm_error)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -149,8 +199,9 @@ impl RaftStateMachine<TypeConfig> for Kv {
     ) -> Result<(), StorageError<u64>> {
         let bytes = snapshot.into_inner();
         let state: KvState = serde_json::from_slice(&bytes).map_err(sm_error)?;
+        // Durable before it counts: openraft purges the log up to it next.
+        self.keep(meta, &bytes).map_err(sm_error)?;
         *self.state.lock().unwrap() = state;
-        *self.snapshot.lock().unwrap() = Some((meta.clone(), bytes));
         Ok(())
     }
 
@@ -263,7 +314,7 @@ pub async fn start_node(
     router: &Router,
 ) -> Result<Node, Box<dyn std::error::Error>> {
     let wal = Walrus::builder()
-        .data_dir(dir)
+        .data_dir(dir.join("log"))
         .fsync(FsyncSchedule::SyncEach)
         .open()
         .await?;
@@ -272,12 +323,15 @@ pub async fn start_node(
         heartbeat_interval: 50,
         election_timeout_min: 150,
         election_timeout_max: 300,
-        // The state machine lives in memory and is rebuilt from the log: keep the log whole.
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // Snapshots often and logs purged right after them, so a node that was down catches
+        // up by a snapshot the leader sends (and its log store is purged past its end).
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
         ..Default::default()
     }
     .validate()?;
-    let kv = Kv::default();
+    let kv = Kv::open(dir.join("snapshot.json"))?;
     let raft = Raft::new(id, Arc::new(config), router.clone(), store, kv.clone()).await?;
     router.nodes.lock().unwrap().insert(id, raft.clone());
     Ok(Node { id, raft, kv, wal })
@@ -331,6 +385,8 @@ pub struct Outcome {
     pub first_leader: u64,
     pub second_leader: u64,
     pub data: BTreeMap<u64, BTreeMap<String, String>>,
+    /// Each node's last purged log index (its log store purged after snapshots).
+    pub purged: BTreeMap<u64, Option<u64>>,
 }
 
 /// The scenario of the module docs, with the nodes' directories under `root`; `say` reports
@@ -354,6 +410,10 @@ pub async fn run(root: &Path, say: impl Fn(String)) -> Result<Outcome, Box<dyn s
             "{k} = {v} committed on a majority at log index {index}"
         ));
     }
+    for i in 0..10 {
+        write(&nodes[l], &format!("n{i}"), &i.to_string()).await?;
+    }
+    say("10 more writes (snapshots are taken and logs purged meanwhile)".into());
 
     let old = nodes.remove(l);
     say(format!("killing the leader, node {}", old.id));
@@ -361,10 +421,14 @@ pub async fn run(root: &Path, say: impl Fn(String)) -> Result<Outcome, Box<dyn s
     let l = leader(&nodes, Some(first_leader)).await?;
     let second_leader = nodes[l].id;
     say(format!("node {second_leader} was elected"));
-    let index = write(&nodes[l], "colour", "green").await?;
+    let mut index = write(&nodes[l], "colour", "green").await?;
     say(format!(
         "colour = green committed at index {index} with node {first_leader} down"
     ));
+    for i in 10..20 {
+        index = write(&nodes[l], &format!("n{i}"), &i.to_string()).await?;
+    }
+    say(format!("10 more writes, up to index {index}"));
 
     say(format!(
         "restarting node {first_leader} from {}",
@@ -385,6 +449,10 @@ pub async fn run(root: &Path, say: impl Fn(String)) -> Result<Outcome, Box<dyn s
             .await?;
     }
     let data = nodes.iter().map(|n| (n.id, n.kv.data())).collect();
+    let purged = nodes
+        .iter()
+        .map(|n| (n.id, n.raft.metrics().borrow().purged.map(|p| p.index)))
+        .collect();
     for n in nodes {
         n.stop(&router).await?;
     }
@@ -392,6 +460,7 @@ pub async fn run(root: &Path, say: impl Fn(String)) -> Result<Outcome, Box<dyn s
         first_leader,
         second_leader,
         data,
+        purged,
     })
 }
 
@@ -404,7 +473,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| temp.path().to_path_buf());
     let outcome = run(&root, |s| println!("{s}")).await?;
     for (id, data) in &outcome.data {
-        println!("node {id}: {data:?}");
+        println!(
+            "node {id}: {} keys, colour = {}, log purged up to index {:?}",
+            data.len(),
+            data.get("colour").map_or("?", String::as_str),
+            outcome.purged[id]
+        );
     }
     Ok(())
 }
