@@ -76,7 +76,8 @@ use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -144,7 +145,7 @@ impl<C: RaftTypeConfig> Debug for LogReader<C> {
 struct Group<C: RaftTypeConfig> {
     // First, so it is let go before the log handle: a new log allocated at the same address
     // must not find the old claim.
-    _claim: Claim,
+    claim: Claim,
     wal: Walrus,
     topic: String,
     /// Where committed log ids go (`raft-committed/{group}`): written often and lazily, they
@@ -303,17 +304,37 @@ impl<NID: openraft::NodeId> State<NID> {
     }
 }
 
-/// Which (log, group) pairs have a live store in this process.
+/// Which (log, group) pairs have a live store in this process, and which had a write fail
+/// in this lifetime of their log.
 static CLAIMS: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+static FAILED: Mutex<Vec<(Weak<crate::engine::Shared>, String)>> = Mutex::new(Vec::new());
 
 /// A group claimed by a live store; let go on drop.
 struct Claim {
     key: (usize, String),
+    log: Weak<crate::engine::Shared>,
+    /// A write of the group failed: what the log holds may differ from what the store
+    /// showed (a record whose sync failed may still reach the disk).
+    failed: AtomicBool,
 }
 
 impl Claim {
     fn take(wal: &Walrus, topic: &str) -> Result<Claim, Error> {
-        let key = (Arc::as_ptr(wal.shared()) as usize, topic.to_owned());
+        let shared = wal.shared();
+        {
+            let mut failed = FAILED.lock().unwrap_or_else(|p| p.into_inner());
+            failed.retain(|(log, _)| log.strong_count() > 0);
+            if failed
+                .iter()
+                .any(|(log, t)| t == topic && std::ptr::eq(log.as_ptr(), Arc::as_ptr(shared)))
+            {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "a write of the Raft group of topic {topic:?} failed in this lifetime of \
+                     the log: open the log again before the group"
+                ))));
+            }
+        }
+        let key = (Arc::as_ptr(shared) as usize, topic.to_owned());
         let mut claims = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
         if claims.contains(&key) {
             return Err(Error::InvalidConfig(format!(
@@ -321,12 +342,20 @@ impl Claim {
             )));
         }
         claims.push(key.clone());
-        Ok(Claim { key })
+        Ok(Claim {
+            key,
+            log: Arc::downgrade(shared),
+            failed: AtomicBool::new(false),
+        })
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
+        if self.failed.load(Ordering::Acquire) {
+            let mut failed = FAILED.lock().unwrap_or_else(|p| p.into_inner());
+            failed.push((self.log.clone(), self.key.1.clone()));
+        }
         let mut claims = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
         claims.retain(|k| *k != self.key);
     }
@@ -471,7 +500,13 @@ where
             && info.entries > 0
         {
             let last = info.next_offset - 1;
-            if let Some(e) = wal.read_at(&committed_topic, last, 1).await?.first() {
+            // A last write that failed left a gap there: the state record still has an id.
+            let got = match wal.read_at(&committed_topic, last, 1).await {
+                Ok(got) => got,
+                Err(Error::Truncated { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            if let Some(e) = got.first() {
                 let committed = match e.data.split_first() {
                     Some((&COMMITTED, body)) => decode(body),
                     _ => Err("not a committed record".to_owned()),
@@ -488,7 +523,7 @@ where
                 state: RwLock::new(state),
                 writing: Arc::default(),
                 pending_committed: Mutex::new(None),
-                _claim: claim,
+                claim,
                 committed_topic,
                 _config: PhantomData,
             }),
@@ -516,6 +551,11 @@ impl<C: RaftTypeConfig> Group<C> {
         then: impl FnOnce(&mut State<NodeIdOf<C>>, &[u64]) -> T + Send + 'static,
     ) -> Result<T, Error> {
         let turn = self.writing.clone().lock_owned().await;
+        if self.claim.failed.load(Ordering::Acquire) {
+            return Err(Error::Io(std::io::Error::other(
+                "an earlier write of this Raft group failed: reopen the log",
+            )));
+        }
         let group = self.clone();
         let task = self.wal.shared().spawn(async move {
             let _turn = turn;
@@ -542,7 +582,12 @@ impl<C: RaftTypeConfig> Group<C> {
             };
             let out = then(&mut group.state_mut(), &offsets);
             match failed {
-                Some(e) => Err(e),
+                Some(e) => {
+                    // What reached the disk is unknown now: no more writes, and no reopen of
+                    // the group until the log itself is opened again.
+                    group.claim.failed.store(true, Ordering::Release);
+                    Err(e)
+                }
                 None => Ok(out),
             }
         });
@@ -565,7 +610,16 @@ impl<C: RaftTypeConfig> Group<C> {
                 }
                 n += 1;
             }
-            match self.wal.append_batch(&self.topic, rest[..n].to_vec()).await {
+            // One entry above `max_batch_bytes` (but within `max_entry_bytes`) goes alone.
+            let written = if n == 1 {
+                self.wal
+                    .append(&self.topic, rest[0].clone())
+                    .await
+                    .map(|o| o..o + 1)
+            } else {
+                self.wal.append_batch(&self.topic, rest[..n].to_vec()).await
+            };
+            match written {
                 Ok(range) => offsets.extend(range),
                 Err(e) => return (offsets, Some(e)),
             }
@@ -614,7 +668,13 @@ where
 {
     /// The entries in `[start, end)` that the group holds, in order (skipping indexes it does
     /// not hold), stopping after about `budget` bytes (at least one entry).
-    async fn read(&self, start: u64, end: u64, budget: usize) -> StorageResult<Vec<C::Entry>, C> {
+    async fn read(
+        &self,
+        start: u64,
+        end: u64,
+        budget: usize,
+        contiguous: bool,
+    ) -> StorageResult<Vec<C::Entry>, C> {
         let g = &self.group;
         let mut out = Vec::new();
         let mut index = start;
@@ -634,7 +694,8 @@ where
                     )
                 })
             };
-            let Some((at, leader, offset, run_left)) = found.filter(|(at, _, _, _)| *at < end)
+            let Some((at, leader, offset, run_left)) =
+                found.filter(|(at, _, _, _)| *at < end && (!contiguous || *at == index))
             else {
                 break;
             };
@@ -711,7 +772,7 @@ where
         range: RB,
     ) -> StorageResult<Vec<C::Entry>, C> {
         let (start, end) = bounds(&range);
-        self.read(start, end, usize::MAX).await
+        self.read(start, end, usize::MAX, false).await
     }
 
     async fn limited_get_log_entries(
@@ -719,7 +780,8 @@ where
         start: u64,
         end: u64,
     ) -> StorageResult<Vec<C::Entry>, C> {
-        self.read(start, end, READ_LIMIT).await
+        // Replication builds AppendEntries from this: contiguous from `start`, or nothing.
+        self.read(start, end, READ_LIMIT, true).await
     }
 }
 
@@ -766,7 +828,7 @@ where
     /// the group's committed topic with the group's next write (in the same group commit:
     /// openraft calls this on every commit, and a sync of its own each time would double a
     /// leader's syncs). After a crash the store may report an older committed id, never a
-    /// newer one; once a later append, vote, truncate or purge returned, this one is durable.
+    /// newer one (the state record of each purge carries it too).
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeIdOf<C>>>,
@@ -851,13 +913,17 @@ where
 
     async fn truncate(&mut self, log_id: LogId<NodeIdOf<C>>) -> StorageResult<(), C> {
         let index = log_id.index;
-        if index >= self.group.state().next_index() {
-            return Ok(()); // nothing there
-        }
         let record = encode(TRUNCATE, &index).map_err(write_error)?;
         self.group
             .write(
-                move |_| Ok(vec![record]),
+                // Decided in the write's turn: an earlier append still landing counts.
+                move |s| {
+                    Ok(if index >= s.next_index() {
+                        Vec::new() // nothing there
+                    } else {
+                        vec![record]
+                    })
+                },
                 move |s, written| {
                     if !written.is_empty() {
                         s.truncate(index);
