@@ -369,15 +369,35 @@ async fn leader(nodes: &[Node], not: Option<u64>) -> Result<usize, Box<dyn std::
         .ok_or_else(|| format!("the leader {id} is not among the running nodes").into())
 }
 
-async fn write(node: &Node, key: &str, value: &str) -> Result<u64, Box<dyn std::error::Error>> {
-    let r = node
-        .raft
-        .client_write(Set {
-            key: key.into(),
-            value: value.into(),
-        })
-        .await?;
-    Ok(r.log_id.index)
+/// Writes `key = value` through the leader among `nodes`; follows a leader change (an
+/// election under load moves leadership: the old leader answers with where to go).
+async fn write(nodes: &[Node], key: &str, value: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut at = leader(nodes, None).await?;
+    for _ in 0..10 {
+        let res = nodes[at]
+            .raft
+            .client_write(Set {
+                key: key.into(),
+                value: value.into(),
+            })
+            .await;
+        let e = match res {
+            Ok(r) => return Ok(r.log_id.index),
+            Err(e) => e,
+        };
+        let Some(forward) = e.forward_to_leader() else {
+            return Err(e.into());
+        };
+        at = match forward
+            .leader_id
+            .and_then(|id| nodes.iter().position(|n| n.id == id))
+        {
+            Some(i) => i,
+            // No leader known yet: wait for one (other than the one that refused).
+            None => leader(nodes, Some(nodes[at].id)).await?,
+        };
+    }
+    Err(format!("{key}: no leader took the write").into())
 }
 
 /// What the scenario saw: each node's data at the end, and who led before and after.
@@ -405,13 +425,13 @@ pub async fn run(root: &Path, say: impl Fn(String)) -> Result<Outcome, Box<dyn s
     say(format!("node {first_leader} leads"));
 
     for (k, v) in [("colour", "blue"), ("size", "large")] {
-        let index = write(&nodes[l], k, v).await?;
+        let index = write(&nodes, k, v).await?;
         say(format!(
             "{k} = {v} committed on a majority at log index {index}"
         ));
     }
     for i in 0..10 {
-        write(&nodes[l], &format!("n{i}"), &i.to_string()).await?;
+        write(&nodes, &format!("n{i}"), &i.to_string()).await?;
     }
     say("10 more writes (snapshots are taken and logs purged meanwhile)".into());
 
@@ -421,12 +441,12 @@ pub async fn run(root: &Path, say: impl Fn(String)) -> Result<Outcome, Box<dyn s
     let l = leader(&nodes, Some(first_leader)).await?;
     let second_leader = nodes[l].id;
     say(format!("node {second_leader} was elected"));
-    let mut index = write(&nodes[l], "colour", "green").await?;
+    let mut index = write(&nodes, "colour", "green").await?;
     say(format!(
         "colour = green committed at index {index} with node {first_leader} down"
     ));
     for i in 10..20 {
-        index = write(&nodes[l], &format!("n{i}"), &i.to_string()).await?;
+        index = write(&nodes, &format!("n{i}"), &i.to_string()).await?;
     }
     say(format!("10 more writes, up to index {index}"));
 
